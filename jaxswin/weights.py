@@ -1,0 +1,62 @@
+"""Flax variables <-> safetensors files.
+
+Nested variable dicts are stored flat, one tensor per leaf, named by the path joined with '/'
+(``params/rgb_encoder/layers_0/blocks_0/attn/qkv/kernel``); string metadata rides in the
+safetensors header (model name, channel count, image size, source, config...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file, save_file
+
+from jaxswin.errors import UserError
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict) or hasattr(value, "items"):
+            flat.update(flatten(dict(value), name))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def save(path: str | Path, variables: dict, metadata: dict[str, str] | None = None) -> None:
+    """Writes `variables` (any nest of dicts of arrays) to a .safetensors file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(variables).items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    tmp.replace(path)
+
+
+def load(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """Reads a file written by :func:`save`: (nested variables of numpy arrays, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such weights file")
+    try:
+        flat = load_file(str(path))
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable .safetensors file ({err})") from None
+    return unflatten(flat), metadata
