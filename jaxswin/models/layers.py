@@ -1,0 +1,65 @@
+"""Building blocks shared by the fusion modules, decoders and heads.
+
+Everything here follows PyTorch's conventions so that converted torch weights give the same
+numbers: BatchNorm keeps torch's momentum (0.1 for the new batch = 0.9 in flax) and epsilon,
+bilinear resizing uses half-pixel centres without antialiasing (F.interpolate(...,
+mode="bilinear", align_corners=False)) and adaptive average pooling uses torch's bins.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+class ConvBNReLU(nn.Module):
+    """Conv (no bias: BN follows) -> BatchNorm -> ReLU, 'same' padding, stride 1."""
+
+    features: int
+    kernel_size: int = 1
+    dilation: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            kernel_dilation=self.dilation,
+            use_bias=False,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+        return nn.relu(x)
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Resizes NHWC maps to `size` like torch's F.interpolate(bilinear, align_corners=False)."""
+    if x.shape[1:3] == tuple(size):
+        return x
+    return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear", antialias=False)
+
+
+def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    # torch's bins: output i averages inputs [floor(i*n/o), ceil((i+1)*n/o)).
+    matrix = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        stop = -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:stop] = 1.0 / (stop - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+    """torch's adaptive_avg_pool2d to (size, size) on NHWC maps, also when size > the map."""
+    rows = _adaptive_pool_matrix(x.shape[1], size)
+    cols = _adaptive_pool_matrix(x.shape[2], size)
+    return jnp.einsum("ih,jw,bhwc->bijc", rows, cols, x).astype(x.dtype)
