@@ -312,12 +312,16 @@ class Log:
                 handle.write(json.dumps(record) + "\n")
 
 
-def read_history(path: Path, before_epoch: int) -> list[dict]:
-    """Epoch records already logged, keeping only those a resumed run will not redo."""
+def truncate_log(path: Path, completed_epochs: int, write: bool) -> list[dict]:
+    """Keeps the records of a .jsonl log up to the last completed epoch (a resumed run redoes the
+    rest) and returns them."""
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] < before_epoch]
+    records = [r for r in records if r["epoch"] <= completed_epochs]
+    if write:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def evaluate(placement, eval_fn, variables, batches, pos_weight, threshold) -> dict:
@@ -387,10 +391,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         state, start_epoch, best = restored, meta["epoch"], meta["best"]
         log(f"resuming {fold_dir} after epoch {start_epoch} (best so far: epoch "
             f"{best.get('epoch')}, {best.get('weights')} weights, mIoU {best['miou']:.4f})")
-    history = read_history(fold_dir / "metrics.jsonl", start_epoch)
-    if log.main:
-        with open(fold_dir / "metrics.jsonl", "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in history)
+    history = truncate_log(fold_dir / "metrics.jsonl", start_epoch, log.main)
+    truncate_log(fold_dir / "steps.jsonl", start_epoch, log.main)
     state = jax.device_put(state, placement.replicated)
 
     step_fn = jax.jit(
