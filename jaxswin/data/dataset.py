@@ -1,0 +1,185 @@
+"""A labelled dataset on disk: its splits, its image/mask pairs, and its tiles in memory.
+
+Layouts understood (the root is only ever read):
+
+    ROOT/{train,val,test}/images/*.tif + masks/*.tif     (also validation/, *_partition/)
+    ROOT/images/*.tif + ROOT/masks/*.tif                  (one split, called "train")
+    ROOT/{train,val,test}.csv                             (tile lists: a header naming `image`
+                                                           and `mask` columns, paths relative
+                                                           to the CSV)
+
+Images and masks pair by :func:`jaxswin.data.io.tile_id`: Image_X / Mask_X, ImageT_X / MaskT_X
+or the same file name in both folders. An image without a mask is an error; files that are not
+tiles, and masks without an image, are skipped with one warning line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jaxswin.data import bands, io, synthetic
+from jaxswin.data.normalize import percentile_scale
+from jaxswin.errors import ConfigError, DataError
+
+_SPLIT_NAMES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
+_SPLIT_ORDER = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    id: str
+    image: Path
+    mask: Path
+    split: str
+
+
+class Dataset:
+    """The labelled tiles of a dataset root, in a fixed order (split, then file name).
+
+    `samples[i]` is row i of the arrays from :meth:`load`; `channels` is the files' band order.
+    """
+
+    def __init__(self, root: Path, channels: tuple[str, ...], samples: list[Sample], size: int):
+        self.root = root
+        self.channels = channels
+        self.samples = tuple(samples)
+        self.size = size
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name}={len(self.indices(name))}" for name in self.splits)
+        return f"Dataset({self.root}, {counts})"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.split for s in self.samples))
+
+    def indices(self, *splits: str) -> np.ndarray:
+        """Rows of the samples in the given splits."""
+        return np.array([i for i, s in enumerate(self.samples) if s.split in splits], np.int64)
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images float32 (N, H, W, 7) canonical order, percentile-scaled; masks uint8 (N, H, W)).
+
+        Decoded once, then kept in memory.
+        """
+        if self._arrays is None:
+            n, size = len(self.samples), self.size
+            images = np.empty((n, size, size, len(bands.CHANNELS)), np.float32)
+            masks = np.empty((n, size, size), np.uint8)
+            for i, sample in enumerate(self.samples):
+                image, _ = io.read_image(sample.image, self.channels, size)
+                images[i] = percentile_scale(image)
+                masks[i] = io.read_mask(sample.mask, size)
+            self._arrays = images, masks
+        return self._arrays
+
+
+def _split_name(source: Path) -> str:
+    name = (source.stem if source.is_file() else source.name).lower().removesuffix("_partition")
+    return _SPLIT_NAMES.get(name, name)
+
+
+def _pairs_from_csv(table: Path) -> list[tuple[Path, Path]]:
+    with table.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    header = {name.strip().lower(): name for name in (rows[0] if rows else {})}
+    image_col = next((header[h] for h in header if h.startswith("image")), None)
+    mask_col = next((header[h] for h in header if h.startswith("mask")), None)
+    if image_col is None or mask_col is None:
+        raise DataError(f"{table}: a tile list needs a header with 'image' and 'mask' columns")
+    return [(table.parent / r[image_col].strip(), table.parent / r[mask_col].strip()) for r in rows]
+
+
+def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, Path]]:
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not masks_dir.is_dir():
+        raise DataError(f"{folder}: has images/ but no masks/ folder")
+    masks: dict[str, Path] = {}
+    for path in sorted(masks_dir.iterdir()):
+        if not io.is_tile(path):
+            skipped.append(path)
+        elif masks.setdefault(io.tile_id(path), path) != path:
+            raise DataError(f"{path}: a second mask for tile '{io.tile_id(path)}' ({masks[io.tile_id(path)]})")
+    pairs, used = [], set()
+    for path in sorted(images_dir.iterdir()):
+        if not io.is_tile(path):
+            skipped.append(path)
+            continue
+        tid = io.tile_id(path)
+        if tid in used:
+            raise DataError(f"{path}: a second image for tile '{tid}'")
+        if tid not in masks:
+            raise DataError(
+                f"{path}: no mask for tile '{tid}' in {masks_dir} (expected Mask_{tid}.tif, "
+                f"MaskT_{tid}.tif or {path.name})"
+            )
+        used.add(tid)
+        pairs.append((path, masks[tid]))
+    skipped.extend(p for tid, p in masks.items() if tid not in used)
+    return pairs
+
+
+def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Dataset:
+    """The dataset under `root` (see the module docstring for the layouts)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such dataset folder")
+    if (root / "images").is_dir():
+        sources = [("train", root)]
+    else:
+        sources = [
+            (_split_name(p), p)
+            for p in sorted(root.iterdir())
+            if (p.is_dir() and (p / "images").is_dir()) or (p.is_file() and p.suffix == ".csv")
+        ]
+    known = {name: i for i, name in enumerate(_SPLIT_ORDER)}
+    sources.sort(key=lambda source: (known.get(source[0], len(known)), source[0]))
+    samples: list[Sample] = []
+    skipped: list[Path] = []
+    for split, source in sources:
+        if source.is_file():
+            pairs = _pairs_from_csv(source)
+        else:
+            pairs = _pairs_from_folders(source, skipped)
+        for image, mask in pairs:
+            for path in (image, mask):
+                if not path.is_file():
+                    raise DataError(f"{path}: listed in {source}, but no such file")
+            samples.append(Sample(io.tile_id(image), image, mask, split))
+    io.warn_skipped(skipped, "not a .tif tile, or a mask without its image")
+    if not samples:
+        raise DataError(
+            f"{root}: no labelled tiles found (expected train/images/*.tif with train/masks/*.tif, "
+            "or the same under val/, test/ or *_partition/)"
+        )
+    return Dataset(root, channels, samples, size)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("JAXSWIN_CACHE") or Path.home() / ".cache" / "jaxswin")
+
+
+def open_dataset(root: str | None, channels_spec: str, size: int = 128) -> Dataset:
+    """The dataset at `root` with bands `channels_spec` (``--data``, ``--bands``).
+
+    `root` None or "" is the embedded synthetic dataset, generated on first use under
+    $JAXSWIN_CACHE (default ~/.cache/jaxswin); its files are in pbvs2026 band order.
+    """
+    channels = bands.resolve(channels_spec)
+    if not root:
+        if channels != bands.PROFILES["pbvs2026"]:
+            raise ConfigError(
+                f"--bands {channels_spec}: the synthetic dataset (no --data given) is stored in "
+                "pbvs2026 band order; use --bands pbvs2026 or pass --data"
+            )
+        return scan(synthetic.ensure(cache_dir()), channels, synthetic.SIZE)
+    return scan(root, channels, size)

@@ -1,0 +1,57 @@
+"""Cross-validation folds over the labelled tiles (§4.2: 5-fold CV) and the official split."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxswin.errors import ConfigError
+
+CV_SPLITS = ("train", "val")  # the folds pool these; a test split stays held out
+
+
+def assign(fractions: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    """A fold number per tile, stratified by foreground fraction and deterministic by seed.
+
+    Tiles sorted by foreground fraction (ties in random order) are dealt out in runs of
+    `num_folds`, each run in a random order over the folds, so every fold draws one tile from
+    each stratum and fold sizes differ by at most one.
+    """
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.permutation(len(fractions)), fractions))
+    folds = np.empty(len(fractions), np.int64)
+    for start in range(0, len(order), num_folds):
+        run = order[start : start + num_folds]
+        folds[run] = rng.permutation(num_folds)[: len(run)]
+    return folds
+
+
+def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42):
+    """(train_indices, val_indices) into `dataset.samples` (and the rows of `dataset.load()`).
+
+    `fold` k in [0, num_folds) holds out the k-th fold of all tiles of the train and val
+    splits together; "official" is the dataset's own train/val split.
+    """
+    if fold == "official":
+        train, val = dataset.indices("train"), dataset.indices("val")
+        if not len(train) or not len(val):
+            raise ConfigError(
+                f"--fold official: {dataset.root} needs both a train and a validation split "
+                f"(it has: {', '.join(dataset.splits)}); use a fold number instead"
+            )
+        return train, val
+    if num_folds < 2:
+        raise ConfigError(f"data.num_folds={num_folds}: cross-validation needs at least 2 folds")
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < num_folds:
+        raise ConfigError(
+            f"--fold {fold}: expected a fold number from 0 to {num_folds - 1}, or 'official'"
+        )
+    pool = dataset.indices(*CV_SPLITS)
+    if len(pool) < num_folds:
+        raise ConfigError(
+            f"data.num_folds={num_folds}: {dataset.root} has only {len(pool)} labelled "
+            "train/val tiles"
+        )
+    _, masks = dataset.load()
+    fractions = masks[pool].mean(axis=(1, 2))
+    held_out = assign(fractions, num_folds, seed) == fold
+    return pool[~held_out], pool[held_out]

@@ -1,0 +1,202 @@
+"""Reading tiles and masks from disk, as they come.
+
+Tiles are multi-band GeoTIFFs, read through rasterio (any band count, any dtype, nodata), or
+height x width x channel stacks written by tifffile. GDAL sees such a stack as one page per
+image row (MMLS v1 stores 128 pages of 128 x 7), so those are read with tifffile as the array
+they are. Files are only ever opened for reading.
+
+Invalid pixels (the file's nodata value, NaN or Inf) are not an error: :func:`read_image`
+returns them as NaN with one warning line per file, and
+:func:`jaxswin.data.normalize.percentile_scale` leaves them out of the P1-P99 range and sets
+them to 0 (the band's low end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import tifffile
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+from jaxswin.data import bands
+from jaxswin.errors import DataError
+
+log = logging.getLogger("jaxswin.data")
+
+TILE_SUFFIXES = (".tif", ".tiff")
+# Longest first, so that ImageT_ is not read as Image plus a T.
+_PREFIXES = ("imaget_", "maskt_", "image_", "mask_")
+
+
+def tile_id(path: str | Path) -> str:
+    """The tile's name shared by its image and mask: 'Image_patch_3_4.tif' -> 'patch_3_4'."""
+    stem = Path(path).stem
+    for prefix in _PREFIXES:
+        if stem.lower().startswith(prefix):
+            return stem[len(prefix) :]
+    return stem
+
+
+def is_tile(path: Path) -> bool:
+    return path.suffix.lower() in TILE_SUFFIXES and path.is_file()
+
+
+def warn_skipped(skipped: list[Path], why: str = "not a .tif tile") -> None:
+    """One warning line for everything a listing left out."""
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning("skipped %d file(s) (%s): %s%s", len(skipped), why, shown, more)
+
+
+def list_tiles(folder: str | Path) -> list[Path]:
+    """The .tif/.tiff files of a folder of unlabelled tiles (prediction input), sorted by name.
+
+    Anything else in the folder is skipped with one warning line.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder of tiles")
+    entries = sorted(folder.iterdir())
+    tiles = [p for p in entries if is_tile(p)]
+    warn_skipped([p for p in entries if not is_tile(p)])
+    if not tiles:
+        raise DataError(f"{folder}: no .tif/.tiff tiles in this folder")
+    return tiles
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    # tifffile logs each damaged tag it meets; the DataError we raise says it once.
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_page_stack(path: Path, num_bands: int) -> tuple[np.ndarray, float | None] | None:
+    """A tifffile-written stack as (H, W, C) with its nodata value, or None for other files.
+
+    A stack is a TIFF whose first series spans more than its first page (one page per row or
+    per band); anything tifffile cannot parse is left to rasterio, which reports it.
+    """
+    with _quiet_tifffile():
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError, OSError):
+            return None
+        with tif:
+            try:
+                series = tif.series[0]
+                if series.shape == tif.pages.first.shape:
+                    return None
+                data = series.asarray()
+            except (tifffile.TiffFileError, ValueError, OSError, IndexError) as err:
+                raise DataError(f"{path}: truncated or corrupt TIFF ({err})") from None
+            nodata = tif.pages.first.tags.get("GDAL_NODATA")
+    if data.ndim != 3:
+        raise DataError(
+            f"{path}: a stack of shape {data.shape}; expected height x width x bands"
+        )
+    if data.shape[0] == num_bands and data.shape[-1] != num_bands:
+        data = np.moveaxis(data, 0, -1)  # bands-first pages, as tifffile writes (C, H, W)
+    return data, (float(nodata.value) if nodata is not None else None)
+
+
+def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
+    """(H, W, C) float32 with NaN for nodata/non-finite pixels, and the georeference."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    stack = _read_page_stack(path, num_bands)
+    if stack is not None:
+        data, nodata = stack
+        height, width = data.shape[:2]
+        georef = {
+            "crs": None,
+            "transform": rasterio.Affine.identity(),
+            "width": width,
+            "height": height,
+        }
+        invalid = (data == nodata) if nodata is not None else np.zeros(data.shape, bool)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    masked = src.read(masked=True)
+                    georef = {
+                        "crs": src.crs,
+                        "transform": src.transform,
+                        "width": src.width,
+                        "height": src.height,
+                    }
+        except RasterioError as err:
+            raise DataError(f"{path}: not a readable GeoTIFF ({err})") from None
+        data = np.moveaxis(masked.data, 0, -1)
+        invalid = np.moveaxis(np.ma.getmaskarray(masked), 0, -1)
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise DataError(f"{path}: pixel type {data.dtype} is not a real number type")
+    image = data.astype(np.float32)
+    invalid |= ~np.isfinite(image)
+    image[invalid] = np.nan
+    return image, georef
+
+
+def _check_size(path: Path, image: np.ndarray, size: int | None) -> None:
+    if size is not None and image.shape[:2] != (size, size):
+        height, width = image.shape[:2]
+        raise DataError(
+            f"{path}: tile is {height}x{width} pixels; expected {size}x{size} "
+            "(re-tile the data, or set the expected tile size)"
+        )
+
+
+def read_image(
+    path: str | Path, channels: tuple[str, ...], size: int | None = 128
+) -> tuple[np.ndarray, dict]:
+    """A tile as float32 (H, W, 7) in canonical channel order, and its georeference.
+
+    `channels` is the file's band order (:func:`jaxswin.data.bands.resolve`); `size` the
+    expected tile side (None accepts any). Pixel values are raw (not yet scaled); nodata,
+    NaN and Inf pixels are NaN, with one warning line naming the file. The georeference is
+    a dict of crs, transform, width and height: with driver, count and dtype it is the
+    profile of a GeoTIFF covering the same ground.
+    """
+    path = Path(path)
+    image, georef = _read(path, len(channels))
+    if image.shape[-1] != len(channels):
+        raise DataError(
+            f"{path}: {image.shape[-1]} band(s), but the band profile lists {len(channels)} "
+            f"({', '.join(channels)}); pass the matching --bands"
+        )
+    _check_size(path, image, size)
+    invalid = int(np.isnan(image).sum())
+    if invalid:
+        log.warning(
+            "%s: %d pixel value(s) are nodata, NaN or Inf; they are left out of the "
+            "P1-P99 range and set to 0 after scaling",
+            path,
+            invalid,
+        )
+    return image[..., bands.to_canonical(channels)], georef
+
+
+def read_mask(path: str | Path, size: int | None = 128) -> np.ndarray:
+    """A one-band mask as uint8 (H, W): 1 where the value is positive (landslide), else 0."""
+    path = Path(path)
+    mask, _ = _read(path, 1)
+    if mask.shape[-1] != 1:
+        raise DataError(
+            f"{path}: a mask must have one band, this one has {mask.shape[-1]}"
+        )
+    _check_size(path, mask, size)
+    with np.errstate(invalid="ignore"):
+        return (mask[..., 0] > 0).astype(np.uint8)  # nodata (NaN) is background
