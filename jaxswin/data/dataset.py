@@ -4,9 +4,10 @@ Layouts understood (the root is only ever read):
 
     ROOT/{train,val,test}/images/*.tif + masks/*.tif     (also validation/, *_partition/)
     ROOT/images/*.tif + ROOT/masks/*.tif                  (one split, called "train")
-    ROOT/{train,val,test}.csv                             (tile lists: a header naming `image`
-                                                           and `mask` columns, paths relative
-                                                           to the CSV)
+    ROOT/{train,val,test}.csv                             (tile lists, which then define the
+                                                           splits: a header naming `image` and
+                                                           `mask` columns, paths relative to
+                                                           the CSV)
 
 Images and masks pair by :func:`jaxswin.data.io.tile_id`: Image_X / Mask_X, ImageT_X / MaskT_X
 or the same file name in both folders. An image without a mask is an error; files that are not
@@ -133,14 +134,13 @@ def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Datase
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
-    if (root / "images").is_dir():
+    tables = sorted(root.glob("*.csv"))
+    if tables:  # the lists define the splits; folders are just where the files live
+        sources = [(_split_name(p), p) for p in tables]
+    elif (root / "images").is_dir():
         sources = [("train", root)]
     else:
-        sources = [
-            (_split_name(p), p)
-            for p in sorted(root.iterdir())
-            if (p.is_dir() and (p / "images").is_dir()) or (p.is_file() and p.suffix == ".csv")
-        ]
+        sources = [(_split_name(p), p) for p in sorted(root.iterdir()) if (p / "images").is_dir()]
     known = {name: i for i, name in enumerate(_SPLIT_ORDER)}
     sources.sort(key=lambda source: (known.get(source[0], len(known)), source[0]))
     samples: list[Sample] = []

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import from_origin
 from scipy import ndimage
 
 from jaxswin.data import bands
 from jaxswin.errors import DataError
 
-VERSION = 1  # bump when the generator changes, so caches regenerate
+VERSION = 2  # bump when the generator changes, so caches regenerate
 SIZE = 128
 NUM_TRAIN = 128
 NUM_VAL = 32
@@ -94,8 +93,8 @@ def tile(rng: np.random.Generator, size: int = SIZE) -> tuple[dict[str, np.ndarr
     grad_rows, grad_cols = np.gradient(dem, PIXEL_M)
     slope = np.degrees(np.arctan(np.hypot(grad_rows, grad_cols)))
     rock = np.clip(slope / 35, 0, 1)
-    thermal = 200 + 300 * rock + 140 * on_deposit + 150 * np.clip(knobs, 0, 1)
-    thermal = ndimage.gaussian_filter(thermal + _noise(rng, size, 3, 25), 2)  # ~100 m/px native
+    thermal = 200 + 300 * rock + 70 * on_deposit + 150 * np.clip(knobs, 0, 1)
+    thermal = ndimage.gaussian_filter(thermal + _noise(rng, size, 3, 50), 2)  # ~100 m/px native
 
     sun_azimuth, sun_elevation = math.radians(rng.uniform(200, 340)), math.radians(35)
     aspect = np.arctan2(-grad_cols, grad_rows)
@@ -104,16 +103,16 @@ def tile(rng: np.random.Generator, size: int = SIZE) -> tuple[dict[str, np.ndarr
         slope_rad
     ) * np.cos(sun_azimuth - aspect)
     lineations = 0.06 * np.sin(2 * math.pi * along / rng.uniform(3, 6)) * on_deposit
-    albedo = 0.45 + 0.08 * on_deposit + lineations + _noise(rng, size, 1, 0.03)
+    albedo = 0.45 + 0.04 * on_deposit + lineations + _noise(rng, size, 1, 0.03)
     gray = 255 * np.clip(albedo * (0.35 + 0.65 * np.clip(shade, 0, None)), 0, 1)
 
     # Viking colour at ~232 m/px: blurred albedo and shading, mixed differently per band.
-    dark_albedo = ndimage.gaussian_filter(albedo - 0.03 * on_deposit, 4)
+    dark_albedo = ndimage.gaussian_filter(albedo - 0.03 * on_deposit, 4) + _noise(rng, size, 16, 0.04)
     light = ndimage.gaussian_filter(shade, 4)
     channels = {
-        "red": 300 * dark_albedo + 40 * light + _noise(rng, size, 6, 4),
-        "green": 180 * dark_albedo + 50 * light + _noise(rng, size, 6, 4),
-        "blue": 110 * dark_albedo + 60 * light + _noise(rng, size, 6, 4),
+        "red": 300 * dark_albedo + 20 * light + _noise(rng, size, 6, 4),
+        "green": 180 * dark_albedo + 30 * light + _noise(rng, size, 6, 4),
+        "blue": 110 * dark_albedo + 40 * light + _noise(rng, size, 6, 4),
         "thermal": thermal,
         "slope": slope,
         "dem": dem,
@@ -133,7 +132,7 @@ def _write_tile(folder: Path, name: str, index: int, seed: int, size: int) -> No
         "width": size,
         "height": size,
         "crs": CRS,
-        "transform": from_origin(x0, y0, PIXEL_M, PIXEL_M),
+        "transform": rasterio.Affine(PIXEL_M, 0.0, x0, 0.0, -PIXEL_M, y0),
     }
     with rasterio.open(
         folder / "images" / f"Image_{name}.tif", "w", count=len(order), dtype="float32", **profile
