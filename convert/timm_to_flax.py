@@ -42,22 +42,29 @@ def parse_args(argv):
         prog="timm_to_flax.py",
         description="Convert timm SwinV2 weights to a jaxswin Flax .safetensors file.",
     )
-    parser.add_argument("--model", required=True, help="timm model name, e.g. swinv2_small_window8_256")
+    parser.add_argument(
+        "--model", required=True, help="timm model name, e.g. swinv2_small_window8_256"
+    )
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="state dict file (.safetensors, .pth, .pt or .bin); default: timm's pretrained weights",
+        help="state dict file (.safetensors, .pth, .pt or .bin); default: timm's pretrained "
+        "weights",
     )
     parser.add_argument("--in-chans", type=int, default=3, help=CHANNEL_RULE_HELP)
     parser.add_argument(
-        "--img-size", type=int, default=128, help="input size the backbone is built for (default 128)"
+        "--img-size",
+        type=int,
+        default=128,
+        help="input size the backbone is built for (default 128)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     return parser.parse_args(argv)
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The state dict of torch tensors in a checkpoint file, unwrapped from {"model"/"state_dict"}."""
+    """The state dict of torch tensors in a checkpoint file, unwrapped from {"model": ...} or
+    {"state_dict": ...}."""
     from pickle import UnpicklingError
 
     import torch

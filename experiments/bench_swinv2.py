@@ -5,8 +5,9 @@
 
 Both run on the CPU with the same cores (--threads pins the process to the first N cores and
 sets torch's thread count; default: all cores). Each timing is the median of --runs forward
-passes after warm-up (the JAX compile happens in warm-up and is reported separately). Prints
-milliseconds per batch for both and the ratio JAX / torch.
+passes after warm-up, the two alternating (the JAX compile happens in warm-up and is reported
+separately). Prints milliseconds per batch for both and the ratio JAX / torch. On a machine
+shared with other jobs the figures swing widely (torch's thread pool suffers most).
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -71,21 +69,26 @@ def main(argv=None):
     def jax_forward():
         jax.block_until_ready(forward(variables, jax_images))
 
-    start = time.perf_counter()
-    jax_forward()
-    compile_s = time.perf_counter() - start
+    compile_s = seconds(jax_forward)
     jax_forward()
     torch_forward()
     torch_forward()
-    jax_s = median_seconds(jax_forward, args.runs)
-    torch_s = median_seconds(torch_forward, args.runs)
+    # Interleaved, so that load from other processes weighs on both alike.
+    jax_times, torch_times = [], []
+    for _ in range(args.runs):
+        jax_times.append(seconds(jax_forward))
+        torch_times.append(seconds(torch_forward))
+    jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
 
     print(
         f"{args.model} forward, {batch}x{size}x{size}x3, CPU, {args.threads} threads, "
         f"median of {args.runs}"
     )
-    print(f"  jax {jax.__version__} (jit): {1e3 * jax_s:8.1f} ms/batch  (compile {compile_s:.1f} s)")
-    print(f"  timm {timm.__version__} / torch {torch.__version__} (eager): {1e3 * torch_s:8.1f} ms/batch")
+    print(f"  jax {jax.__version__} (jit): {1e3 * jax_s:.1f} ms/batch (compile {compile_s:.1f} s)")
+    print(
+        f"  timm {timm.__version__} / torch {torch.__version__} (eager): "
+        f"{1e3 * torch_s:.1f} ms/batch"
+    )
     print(f"  ratio jax/torch: {jax_s / torch_s:.2f}")
 
 

@@ -13,7 +13,7 @@ def perturb_timm():
     of them up would still match. Here vectors get N(0, 0.5) noise, the bias MLP N(0, 0.5)
     weights, and logit scales spread over [log 2, log 300], above the log(100) clamp too.
     """
-    import torch
+    torch = pytest.importorskip("torch")
 
     def perturb(model, seed: int):
         rng = np.random.default_rng(seed)

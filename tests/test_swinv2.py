@@ -122,19 +122,20 @@ def test_nano_matches_timm(perturb_timm, img_size, in_chans, pretrained_window_s
 
 def test_timm_to_flax_skips_buffers_head_and_final_norm():
     pytest.importorskip("timm")
-    import torch
-
     model = timm_nano(64)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     assert any(k.startswith("head.") for k in state) and "norm.weight" in state
     # Older timm checkpoints still carry the shape buffers.
     block = model.layers[0].blocks[1]
     state["layers.0.blocks.1.attn_mask"] = block.attn_mask.numpy()
-    state["layers.0.blocks.1.attn.relative_position_index"] = torch.zeros(4, dtype=torch.long).numpy()
+    state["layers.0.blocks.1.attn.relative_position_index"] = np.zeros((64, 64), np.int64)
+    state["layers.0.blocks.1.attn.relative_coords_table"] = np.zeros((1, 15, 15, 2), np.float32)
     state["layers.0.blocks.1.attn.k_bias"] = np.zeros(32, np.float32)
     variables = swinv2.timm_to_flax(state, NANO, 3)
     attn = variables["params"]["layers_0"]["blocks_1"]["attn"]
-    np.testing.assert_array_equal(attn["qkv"]["kernel"], state["layers.0.blocks.1.attn.qkv.weight"].T)
+    np.testing.assert_array_equal(
+        attn["qkv"]["kernel"], state["layers.0.blocks.1.attn.qkv.weight"].T
+    )
     np.testing.assert_array_equal(
         attn["cpb_fc2"]["kernel"], state["layers.0.blocks.1.attn.cpb_mlp.2.weight"].T
     )

@@ -102,7 +102,8 @@ def relative_coords_table(window: int, pretrained_window: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def relative_position_index(window: int) -> np.ndarray:
     """(N, N) index of each token pair's offset into the coordinate table, N = window^2."""
-    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+    axis = np.arange(window)
+    coords = np.stack(np.meshgrid(axis, axis, indexing="ij")).reshape(2, -1)
     offsets = coords[:, :, None] - coords[:, None, :] + (window - 1)
     return offsets[0] * (2 * window - 1) + offsets[1]
 
@@ -430,7 +431,9 @@ def variable_shapes(config: SwinV2Config, in_chans: int) -> dict[tuple[str, ...]
     return {tuple(k.key for k in path): leaf.shape for path, leaf in flat}
 
 
-def timm_to_flax(state_dict: dict[str, np.ndarray], config: SwinV2Config, in_chans: int = 3) -> dict:
+def timm_to_flax(
+    state_dict: dict[str, np.ndarray], config: SwinV2Config, in_chans: int = 3
+) -> dict:
     """Flax variables ({"params": ...}) from a timm SwinV2 state dict of numpy arrays.
 
     Skips timm's shape buffers (TIMM_BUFFERS) and the classifier's `head.*` and final `norm.*`.
@@ -470,7 +473,7 @@ def timm_to_flax(state_dict: dict[str, np.ndarray], config: SwinV2Config, in_cha
 def load(path: str | Path) -> tuple[SwinV2, dict]:
     """(module, variables) from a file written by convert/timm_to_flax.py: the module is built
     from the file's metadata (timm model name, in_chans, img_size)."""
-    flat_variables, metadata = weights.load(path)
+    variables, metadata = weights.load(path)
     try:
         name, in_chans, img_size = metadata["model"], metadata["in_chans"], metadata["img_size"]
         config, in_chans, img_size = CONFIGS[name], int(in_chans), int(img_size)
@@ -479,14 +482,18 @@ def load(path: str | Path) -> tuple[SwinV2, dict]:
             f"{path}: not a SwinV2 weights file of convert/timm_to_flax.py (metadata {metadata}, "
             f"problem: {err!r}); convert the timm weights with that script"
         ) from None
-    module = SwinV2(config, in_chans=in_chans, img_size=img_size)
     expected = variable_shapes(config, in_chans)
-    found = {tuple(k.split("/")): v.shape for k, v in weights.flatten(flat_variables).items()}
+    found = {tuple(k.split("/")): v.shape for k, v in weights.flatten(variables).items()}
     if found != expected:
+
+        def names(paths):
+            return sorted("/".join(p) for p in paths)
+
+        misshapen = [p for p in found.keys() & expected.keys() if found[p] != expected[p]]
         raise ConversionError(
-            f"{path}: variables do not match {name} with {in_chans} channels "
-            f"(unexpected: {sorted('/'.join(k) for k in found.keys() - expected.keys())}, "
-            f"missing: {sorted('/'.join(k) for k in expected.keys() - found.keys())}, "
-            f"misshapen: {sorted('/'.join(k) for k in found.keys() & expected.keys() if found[k] != expected[k])})"
+            f"{path}: variables do not match {name} with {in_chans} channels (unexpected: "
+            f"{names(found.keys() - expected.keys())}, missing: "
+            f"{names(expected.keys() - found.keys())}, misshapen: {names(misshapen)})"
         )
-    return module, jax.tree.map(jnp.asarray, flat_variables)
+    module = SwinV2(config, in_chans=in_chans, img_size=img_size)
+    return module, jax.tree.map(jnp.asarray, variables)
