@@ -134,10 +134,28 @@ def test_eval_batches_are_padded_and_weighted(data):
         np.testing.assert_allclose(joined, batch["rgb"], atol=1e-6)
 
 
-def test_worker_processes_give_the_same_batches(data):
-    inline = epoch(data, epoch=1)
-    workers = epoch(data, epoch=1, workers=2)
-    assert len(workers) == len(inline)
-    for a, b in zip(inline, workers):
+def assert_same_batches(a_batches, b_batches):
+    assert len(a_batches) == len(b_batches)
+    for a, b in zip(a_batches, b_batches):
+        assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+
+
+def test_worker_processes_give_the_same_batches_and_start_once_per_run(data):
+    inline = [epoch(data, epoch=e) for e in range(3)]
+    first = epoch(data, epoch=0, workers=2)
+    stream = loader._stream
+    assert_same_batches(first, inline[0])
+    for e in (1, 2):  # the following epochs continue the running workers
+        assert_same_batches(epoch(data, epoch=e, workers=2), inline[e])
+        assert loader._stream is stream
+    assert_same_batches(epoch(data, epoch=1, workers=2), inline[1])  # a replay restarts them
+    assert loader._stream is not stream
+
+    stopped = loader.train_loader(*data, global_batch_size=4, seed=7, epoch=2, workers=2)
+    next(stopped)
+    stopped.close()  # a caller leaving mid-epoch
+    assert loader._stream is None
+    assert_same_batches(epoch(data, epoch=2, workers=2), inline[2])
+    loader._stream.close()

@@ -1,9 +1,9 @@
 """Batches for training and evaluation, from tiles already in memory.
 
-Training runs a grain pipeline per epoch:
+Training runs one grain pipeline over the epochs:
 
-    tiles of the fold -> shuffle (per epoch) -> Augment (per record) -> this epoch, whole
-    global batches only -> this process's rows -> batch [-> worker processes]
+    tiles of the fold -> shuffle (anew each epoch) -> Augment (per record) -> whole global
+    batches of each epoch -> this process's rows -> batch [-> worker processes]
     -> z-score, split streams, geometric warp (one jitted XLA pass on the host CPU)
 
 Shuffling and augmentation depend only on (seed, epoch, position in the epoch), never on the
@@ -13,6 +13,7 @@ and the rows of all processes together are the same global batch at any process 
 
 from __future__ import annotations
 
+import atexit
 import functools
 from collections.abc import Iterator
 
@@ -121,33 +122,82 @@ def train_loader(
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, process_count)
-    epoch_size = steps_per_epoch(len(indices), global_batch_size) * global_batch_size
-    start = epoch * len(indices)
-    # Grain reshuffles each repetition and seeds each record's generator by its position.
-    ds = grain.MapDataset.source(_Tiles(images, masks, indices)).shuffle(seed=seed).repeat()
+    steps = steps_per_epoch(len(indices), global_batch_size)
+    # Every epoch from here on, back to back. Grain reshuffles each repetition of the tiles
+    # and seeds each record's generator by its position in the stream; slicing keeps the whole
+    # global batches of every epoch (reads past a slice's end continue in the next epoch).
+    ds = grain.MapDataset.source(_Tiles(images, masks, indices)).shuffle(seed=seed)
     if augment:
         ds = ds.random_map(augment_lib.Augment(), seed=seed)
-    ds = ds[start : start + epoch_size][process_index::process_count]
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return _run(ds, workers, stats, augment and not device_warp)
+    ds = ds[: steps * global_batch_size][process_index::process_count]
+    ds = ds.batch(local_batch, drop_remainder=True).repeat()[epoch * steps :]
+    finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp)
+    if workers == 0:
+        return map(finish, ds[:steps].to_iter_dataset(_READ))
+    # The tiles by identity (they are large), the rest by value.
+    setup = ((images, masks), (tuple(np.asarray(indices).tolist()), stats, global_batch_size, seed,
+                               augment, workers, device_warp, process_index, process_count))
+    return _worker_stream(setup, ds, workers, epoch).epoch(steps, finish)
 
 
-def _run(ds: grain.MapDataset, workers: int, stats: Stats, apply_warp: bool) -> Iterator[dict]:
-    if workers > 0:
-        # Grain reads an absl flag when it starts workers; programs that do not run absl.app
-        # never parse flags, so take the defaults.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        iterator = ds.to_iter_dataset(_READ).mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers)
-        ).__iter__()
-    else:
-        iterator = ds.to_iter_dataset(_READ).__iter__()
-    try:
-        for batch in iterator:
-            yield _finish_on_host(batch, stats, apply_warp)
-    finally:
-        iterator.close()  # stops the workers when the caller stops early
+class _Stream:
+    """Batches from worker processes over all epochs from one on, kept between epochs.
+
+    Worker processes take seconds to start (each imports grain and receives the tiles), longer
+    than an epoch of a few hundred tiles on an accelerator, so a run starts them once: the call
+    for the next epoch with the same setup continues the same stream.
+    """
+
+    def __init__(self, setup: tuple, iterator, epoch: int):
+        self.setup, self.iterator, self.next_epoch = setup, iterator, epoch
+
+    def serves(self, setup: tuple, epoch: int) -> bool:
+        (arrays, params), (own_arrays, own_params) = setup, self.setup
+        same_arrays = all(a is b for a, b in zip(arrays, own_arrays))
+        return epoch == self.next_epoch and same_arrays and params == own_params
+
+    def epoch(self, steps: int, finish) -> Iterator[dict]:
+        complete = False
+        try:
+            for _ in range(steps):
+                yield finish(next(self.iterator))
+            complete = True
+            self.next_epoch += 1
+        finally:
+            if not complete:  # stopped mid-epoch: the stream is no longer at an epoch start
+                self.close()
+
+    def close(self) -> None:
+        global _stream
+        self.iterator.close()
+        if _stream is self:
+            _stream = None
+
+
+_stream: _Stream | None = None
+
+
+@atexit.register
+def _close_stream() -> None:
+    # Stop the workers before interpreter shutdown, so grain can release most of the batches
+    # in flight (the resource tracker reports the rest as leaked shared memory).
+    if _stream is not None:
+        _stream.close()
+
+
+def _worker_stream(setup: tuple, ds: grain.MapDataset, workers: int, epoch: int) -> _Stream:
+    global _stream
+    if _stream is not None and _stream.serves(setup, epoch):
+        return _stream
+    if _stream is not None:
+        _stream.close()
+    # Grain reads an absl flag when it starts workers; programs that do not run absl.app never
+    # parse flags, so take the defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    options = grain.MultiprocessingOptions(num_workers=workers)
+    _stream = _Stream(setup, ds.to_iter_dataset(_READ).mp_prefetch(options).__iter__(), epoch)
+    return _stream
 
 
 def eval_loader(
