@@ -6,9 +6,9 @@ Reads the dataset (default: the embedded synthetic one), fits fold 0's statistic
 whole training epochs of the grain pipeline and prints tiles/s for: no augmentation, Table 4
 augmentation with the geometric warp on the host (the default), and with the warp left to the
 device (`device_warp=True`), at each worker count. The first epoch of each setting (compiles,
-worker start-up: workers then serve the following epochs) is timed apart. Last, the batched warp alone on JAX's default device: what a
-training step pays when it takes the warp over. Nothing is asserted: the figures go into the
-README.
+worker start-up: the workers then serve the following epochs) is timed apart. Last, the
+batched warp alone on JAX's default device: what a training step pays when it takes the warp
+over. Nothing is asserted: the figures go into the README.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def test_assign_is_balanced_deterministic_and_stratified():
 def _write(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=len(array),
-                       dtype=array.dtype, transform=rasterio.Affine(50.0, 0.0, 0.0, 0.0, -50.0, 0.0)) as dst:
+                       dtype=array.dtype, transform=rasterio.Affine.scale(50.0, -50.0)) as dst:
         dst.write(array)
 
 
@@ -71,6 +71,8 @@ def test_official_split_and_bad_folds(dataset, tmp_path):
             folds.split(dataset, fold, 5)
     with pytest.raises(ConfigError, match="num_folds"):
         folds.split(dataset, 0, 1)
+    with pytest.raises(ConfigError, match="fold_seed"):
+        folds.split(dataset, 0, 5, seed=-3)
     flat = scan(tmp_path / "train", bands.CHANNELS, SIZE)  # one split only
     with pytest.raises(ConfigError, match="official"):
         folds.split(flat, "official")

@@ -102,11 +102,13 @@ def test_device_warp_leaves_the_same_warp_to_the_caller(data):
             np.testing.assert_allclose(np.asarray(warped[key]), a[key], atol=1e-6)
 
 
-def test_batch_sizes_that_cannot_work_are_config_errors(data):
+def test_batch_sizes_and_seeds_that_cannot_work_are_config_errors(data):
     with pytest.raises(ConfigError, match="multiple of the 2 JAX process"):
         epoch(data, global_batch_size=5, process_index=0, process_count=2)
     with pytest.raises(ConfigError, match="larger than the 19 training tiles"):
         epoch(data, global_batch_size=32)
+    with pytest.raises(ConfigError, match="train.seed=-1"):
+        epoch(data, seed=-1)
 
 
 def test_eval_batches_are_padded_and_weighted(data):

@@ -37,7 +37,8 @@ def test_generation_is_deterministic_georeferenced_and_in_pbvs2026_order(tmp_pat
         assert src.count == 1 and set(np.unique(src.read())) <= {0, 1}
 
     # The slope band is the DEM's gradient magnitude, in degrees.
-    dem, slope = tile[bands.PROFILES["pbvs2026"].index("dem")], tile[bands.PROFILES["pbvs2026"].index("slope")]
+    order = bands.PROFILES["pbvs2026"]
+    dem, slope = tile[order.index("dem")], tile[order.index("slope")]
     grad_rows, grad_cols = np.gradient(dem.astype(np.float64), synthetic.PIXEL_M)
     np.testing.assert_allclose(slope, np.degrees(np.arctan(np.hypot(grad_rows, grad_cols))), atol=1e-3)
 

@@ -14,8 +14,8 @@ folds all geometric steps into one 2x3 matrix per tile, stored as element["warp"
 itself is :func:`warp`, a jitted JAX function over a whole batch: a bilinear gather costs
 ~2 ms per tile in numpy but ~0.3 ms batched under XLA on one CPU core, and the same function
 runs on an accelerator inside a training step. Applying the photometric steps and the z-score
-before the warp changes nothing: both are per-pixel affine maps (up to the [0, 1] clip) and
-the blur is isotropic, while bilinear weights sum to one.
+before the warp rather than after is equivalent: both are per-pixel affine maps (up to the
+[0, 1] clip) and the blur is isotropic, while bilinear weights sum to one.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def sample_warp(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         linear = linear @ np.diag([-1.0, 1.0])
     if rng.random() < ROT90_P:
         # np.rot90(image, k) reads output (r, c) from centred source (c, -r), k times over.
-        linear = linear @ np.linalg.matrix_power(np.array([[0.0, 1.0], [-1.0, 0.0]]), int(rng.integers(4)))
+        quarter_turn = np.array([[0.0, 1.0], [-1.0, 0.0]])
+        linear = linear @ np.linalg.matrix_power(quarter_turn, int(rng.integers(4)))
     shift = np.zeros(2)
     if rng.random() < AFFINE_P:
         shift = rng.uniform(-SHIFT_LIMIT, SHIFT_LIMIT, size=2) * (height, width)

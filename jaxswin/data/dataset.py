@@ -108,8 +108,8 @@ def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, P
     for path in sorted(masks_dir.iterdir()):
         if not io.is_tile(path):
             skipped.append(path)
-        elif masks.setdefault(io.tile_id(path), path) != path:
-            raise DataError(f"{path}: a second mask for tile '{io.tile_id(path)}' ({masks[io.tile_id(path)]})")
+        elif masks.setdefault(tid := io.tile_id(path), path) != path:
+            raise DataError(f"{path}: a second mask for tile '{tid}' (first: {masks[tid]})")
     pairs, used = [], set()
     for path in sorted(images_dir.iterdir()):
         if not io.is_tile(path):

@@ -39,6 +39,8 @@ def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42):
                 f"(it has: {', '.join(dataset.splits)}); use a fold number instead"
             )
         return train, val
+    if seed < 0:
+        raise ConfigError(f"data.fold_seed={seed}: must be a non-negative integer")
     if num_folds < 2:
         raise ConfigError(f"data.num_folds={num_folds}: cross-validation needs at least 2 folds")
     if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < num_folds:

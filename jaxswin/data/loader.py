@@ -120,6 +120,8 @@ def train_loader(
     (b, 2, 3) and the caller applies :func:`jaxswin.data.augment.warp` on its device.
     `process_index`/`process_count` default to JAX's.
     """
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"train.seed={seed}: the data seed must be in [0, 2**32)")
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, process_count)
     steps = steps_per_epoch(len(indices), global_batch_size)
