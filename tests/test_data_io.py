@@ -244,6 +244,16 @@ def test_flat_root_and_csv_lists(tmp_path):
     dataset = scan(root, bands.CHANNELS, SIZE)
     assert [(s.id, s.split) for s in dataset.samples] == [("p", "train"), ("q", "train"), ("r", "val")]
 
+    (root / "val.csv").write_text("image,mask\nfiles/images/Image_r.tif,\n")
+    with pytest.raises(DataError, match="val.csv, line 2"):
+        scan(root, bands.CHANNELS, SIZE)
+    (root / "val.csv").write_text("tile,label\nfiles/images/Image_r.tif,files/masks/Mask_r.tif\n")
+    with pytest.raises(DataError, match="val.csv: a tile list needs"):
+        scan(root, bands.CHANNELS, SIZE)
+    (root / "val.csv").write_text("image,mask\nfiles/images/Image_r.tif,files/masks/Mask_s.tif\n")
+    with pytest.raises(DataError, match="Mask_s.tif: listed in"):
+        scan(root, bands.CHANNELS, SIZE)
+
 
 def test_an_image_without_mask_is_an_error_and_strays_are_skipped_once(tmp_path, caplog):
     write_split(tmp_path, "train", ["a", "b"])

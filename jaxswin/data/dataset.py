@@ -90,14 +90,24 @@ def _split_name(source: Path) -> str:
 
 
 def _pairs_from_csv(table: Path) -> list[tuple[Path, Path]]:
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    header = {name.strip().lower(): name for name in (rows[0] if rows else {})}
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = {name.strip().lower(): name for name in reader.fieldnames or ()}
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{table}: not a readable CSV tile list ({err})") from None
     image_col = next((header[h] for h in header if h.startswith("image")), None)
     mask_col = next((header[h] for h in header if h.startswith("mask")), None)
     if image_col is None or mask_col is None:
         raise DataError(f"{table}: a tile list needs a header with 'image' and 'mask' columns")
-    return [(table.parent / r[image_col].strip(), table.parent / r[mask_col].strip()) for r in rows]
+    pairs = []
+    for line, row in enumerate(rows, start=2):
+        image, mask = (row.get(image_col) or "").strip(), (row.get(mask_col) or "").strip()
+        if not image or not mask:
+            raise DataError(f"{table}, line {line}: needs both an image and a mask path")
+        pairs.append((table.parent / image, table.parent / mask))
+    return pairs
 
 
 def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, Path]]:
