@@ -139,7 +139,10 @@ def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
                         "height": src.height,
                     }
         except RasterioError as err:
-            raise DataError(f"{path}: not a readable GeoTIFF ({err})") from None
+            detail = err.__cause__ or err  # GDAL's own message: "...IReadBlock failed..."
+            raise DataError(
+                f"{path}: not a readable GeoTIFF, truncated or corrupt ({detail})"
+            ) from None
         data = np.moveaxis(masked.data, 0, -1)
         invalid = np.moveaxis(np.ma.getmaskarray(masked), 0, -1)
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
