@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxswin import config as config_lib
 from jaxswin import data as data_lib
-from jaxswin import losses, metrics, models, weights
+from jaxswin import losses, metrics, models, runtime, weights
 from jaxswin.errors import ConfigError, UserError, cli
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
@@ -579,6 +579,7 @@ def load_config(args) -> config_lib.Config:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     init_distributed(args)
+    runtime.enable_compilation_cache()
     cfg = load_config(args)
     fold = parse_fold(args.fold, cfg.data.num_folds)
     workdir = Path(args.workdir or Path("runs") / cfg.name)

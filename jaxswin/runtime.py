@@ -1,0 +1,17 @@
+"""Process-wide JAX settings shared by the command-line tools."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from jaxswin.data.dataset import cache_dir
+
+
+def enable_compilation_cache() -> None:
+    """Keeps compiled XLA programs on disk ($JAX_COMPILATION_CACHE_DIR, else
+    $JAXSWIN_CACHE/xla, else ~/.cache/jaxswin/xla): a resumed or repeated run skips the
+    minute-long compile of the train step (the cache is keyed by program, devices and flags)."""
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
