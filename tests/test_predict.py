@@ -1,0 +1,283 @@
+"""`python -m jaxswin.predict` and the Ensemble API on the tiny preset with random weights."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import rasterio
+
+from jaxswin import config, models, predict, weights
+from jaxswin.data import bands, io, normalize
+
+SIZE = 128  # the tiny preset's tile size
+THRESHOLD = 0.51
+MARS_CRS = "+proj=eqc +lat_ts=0 +lon_0=0 +x_0=0 +y_0=0 +R=3396190 +units=m +no_defs"
+
+
+def _write_tif(path, array_hwc, crs=MARS_CRS, origin=(0.0, 0.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width, count = array_hwc.shape
+    transform = rasterio.Affine(200.0, 0.0, origin[0], 0.0, -200.0, origin[1])
+    with rasterio.open(
+        path, "w", driver="GTiff", height=height, width=width, count=count,
+        dtype=array_hwc.dtype.name, crs=crs, transform=transform,
+    ) as dst:
+        dst.write(np.moveaxis(array_hwc, -1, 0))
+
+
+def _scene(rng, height, width):
+    """Seven raw bands with broad structure and noise, canonical order."""
+    yy, xx = np.mgrid[0:height, 0:width] / 37.0
+    base = np.sin(yy[..., None] * rng.uniform(0.5, 2, 7) + xx[..., None] * rng.uniform(0.5, 2, 7))
+    return (base * rng.uniform(1, 100, 7) + rng.normal(0, 3, (height, width, 7))).astype(np.float32)
+
+
+def _to_profile(image, profile):
+    """Canonical (H, W, 7) -> the band order of `profile` as stored in files."""
+    return image[..., [bands.CHANNELS.index(c) for c in bands.PROFILES[profile]]]
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def _random_variables(model_cfg, rng):
+    """Random weights of the model's shapes, without compiling its init (a minute on CPU)."""
+    module = models.build(model_cfg)
+    shapes = jax.eval_shape(lambda: models.init(module, model_cfg, jax.random.key(0)))
+
+    def fill(path, leaf):
+        noise = rng.normal(0.0, 0.05, leaf.shape).astype(np.float32)
+        positive = jax.tree_util.keystr(path).endswith(("['var']", "['scale']"))
+        return 1.0 + np.abs(noise) if positive else noise  # BatchNorm variances, norm scales
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A training workdir with three folds holding the same random tiny model."""
+    root = tmp_path_factory.mktemp("run")
+    cfg = config.load("tiny")
+    rng = np.random.default_rng(0)
+    variables = _random_variables(cfg.model, rng)
+    stats = normalize.Stats(
+        channels=bands.CHANNELS,
+        mean=tuple(rng.uniform(0.3, 0.6, 7).tolist()),
+        std=tuple(rng.uniform(0.15, 0.3, 7).tolist()),
+        pos_weight=1.86,
+    )
+    for fold in range(3):
+        best = root / f"fold{fold}" / "best"
+        weights.save(best / predict.WEIGHTS, variables)
+        (best / predict.CONFIG).write_text(config.to_toml(cfg))
+        stats.save(best / predict.STATS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    """Three georeferenced tiles in the training profile (pbvs2026), their masks and images."""
+    root = tmp_path_factory.mktemp("tiles")
+    rng = np.random.default_rng()
+    images = {}
+    for i in range(3):
+        image = _scene(rng, SIZE, SIZE)
+        _write_tif(root / "images" / f"Image_{i}.tif", _to_profile(image, "pbvs2026"), origin=(1e5 * i, 5e4))
+        truth = (rng.random((SIZE, SIZE, 1)) < 0.35).astype(np.uint8)
+        _write_tif(root / "masks" / f"Mask_{i}.tif", truth, origin=(1e5 * i, 5e4))
+        images[f"Image_{i}.tif"] = image
+    return root, images
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(1), src.crs, src.transform, src.dtypes[0]
+
+
+def _run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(a) for a in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_finds_the_folds_of_a_run(run_dir):
+    assert predict.best_folders(run_dir) == [run_dir / f"fold{k}" / "best" for k in range(3)]
+    assert predict.best_folders(run_dir / "fold1") == [run_dir / "fold1" / "best"]
+    assert predict.best_folders(run_dir / "fold1" / "best") == [run_dir / "fold1" / "best"]
+
+
+def test_cli_writes_georeferenced_masks_probabilities_previews_and_scores(run_dir, tiles, tmp_path, capsys):
+    root, images = tiles
+    before = _digest(root)
+    out = tmp_path / "out"
+    predict.main([
+        "--checkpoint", str(run_dir / "fold0"), "--input", str(root / "images"), "--output", str(out),
+        "--tta", "none", "--save-prob", "--preview", "--masks", str(root / "masks"), "--batch-size", "2",
+    ])  # 3 tiles in batches of 2: the last one is padded
+    assert _digest(root) == before
+
+    ensemble = predict.load_ensemble([run_dir / "fold0"], "none", batch_size=2)  # compiled above
+    names = sorted(images)
+    expected = ensemble.predict_proba(np.stack([normalize.percentile_scale(images[n]) for n in names]))
+    counts = []
+    for name, want in zip(names, expected):
+        mask, crs, transform, dtype = _read(out / name)
+        _, src_crs, src_transform, _ = _read(root / "images" / name)
+        assert (crs, transform) == (src_crs, src_transform) and crs is not None
+        prob, prob_crs, prob_transform, prob_dtype = _read(out / "prob" / name)
+        assert (prob_crs, prob_transform, dtype, prob_dtype) == (src_crs, src_transform, "uint8", "float32")
+        # One tile is one window: the scene path gives exactly the tile prediction.
+        np.testing.assert_allclose(prob, want, atol=1e-6)
+        np.testing.assert_array_equal(mask, (prob > THRESHOLD).astype(np.uint8))
+        assert (out / "preview" / name.replace(".tif", ".png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        truth = io.read_mask(root / "masks" / name.replace("Image", "Mask")).astype(bool)
+        pred = mask.astype(bool)
+        counts.append([np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth), np.sum(~pred & ~truth)])
+    tp, fp, fn, tn = np.sum(counts, axis=0)
+    scores = json.loads((out / "metrics.json").read_text())
+    assert scores["iou_fg"] == pytest.approx(tp / (tp + fp + fn))
+    assert scores["miou"] == pytest.approx((tp / (tp + fp + fn) + tn / (tn + fp + fn)) / 2)
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_ensemble_of_copies_equals_the_single_model(run_dir, tiles):
+    _, images = tiles
+    batch = np.stack([normalize.percentile_scale(im) for im in images.values()])
+    single = predict.load_ensemble([run_dir / "fold0"], "none", batch_size=2).predict_proba(batch)
+    three = predict.load_ensemble([run_dir], "none", batch_size=2)
+    assert len(three.members) == 3
+    np.testing.assert_allclose(three.predict_proba(batch), single, atol=1e-6)
+    assert single.shape == (3, SIZE, SIZE) and np.all((single >= 0) & (single <= 1))
+
+
+def test_bands_are_matched_by_name(run_dir, tiles, tmp_path):
+    # The same tiles stored in MMLS v2 band order, read with --bands mmlsv2, give the same maps.
+    root, images = tiles
+    for name, image in images.items():
+        _write_tif(tmp_path / "v2" / name, _to_profile(image, "mmlsv2"))
+    common = ["--checkpoint", str(run_dir / "fold0"), "--tta", "none", "--save-prob", "--batch-size", "2"]
+    predict.main([*common, "--input", str(root / "images"), "--output", str(tmp_path / "a")])
+    predict.main([*common, "--input", str(tmp_path / "v2"), "--bands", "mmlsv2", "--output", str(tmp_path / "b")])
+    for name in images:
+        np.testing.assert_allclose(_read(tmp_path / "b" / "prob" / name)[0], _read(tmp_path / "a" / "prob" / name)[0], atol=1e-6)
+
+
+def test_scenes_of_any_size_keep_their_size_and_georeference(run_dir, tmp_path):
+    rng = np.random.default_rng()
+    shapes = {"big.tif": (SIZE + 41, 2 * SIZE - 7), "small.tif": (SIZE // 2 + 3, SIZE - 20)}
+    for i, (name, (h, w)) in enumerate(shapes.items()):
+        _write_tif(tmp_path / "in" / name, _to_profile(_scene(rng, h, w), "pbvs2026"), origin=(7e3 * i, 3e3))
+    predict.main([
+        "--checkpoint", str(run_dir / "fold0"), "--input", str(tmp_path / "in"),
+        "--output", str(tmp_path / "out"), "--tta", "none", "--save-prob", "--batch-size", "2",
+    ])
+    for name, shape in shapes.items():
+        mask, crs, transform, _ = _read(tmp_path / "out" / name)
+        prob = _read(tmp_path / "out" / "prob" / name)[0]
+        _, src_crs, src_transform, _ = _read(tmp_path / "in" / name)
+        assert mask.shape == prob.shape == shape and (crs, transform) == (src_crs, src_transform)
+        assert np.all(np.isfinite(prob)) and np.all((prob >= 0) & (prob <= 1))
+
+
+def test_windows_blend_back_into_the_scene():
+    # Windows that agree on their overlaps (crops of one map) must reassemble that map exactly,
+    # whatever the overlap pattern; padding beyond the scene is cropped off.
+    rng = np.random.default_rng()
+    tile = 16
+    blend = predict._blend_window(tile)
+    for height, width in [(16, 16), (40, 23), (9, 30), (5, 7)]:
+        truth = rng.random((height, width)).astype(np.float32)
+        scene = predict._Scene(None, height, width, tile)
+        covered = np.zeros((height, width), int)
+        for y, x in scene.windows:
+            window = np.full((tile, tile), -1.0, np.float32)  # padding: must not leak in
+            crop = truth[y : y + tile, x : x + tile]
+            window[: crop.shape[0], : crop.shape[1]] = crop
+            covered[y : y + tile, x : x + tile] += 1
+            scene.add(window, y, x, blend)
+        assert scene.left == 0 and covered.min() >= 1
+        np.testing.assert_allclose(scene.probability(), truth, rtol=1e-5)
+
+
+def test_two_devices_give_the_same_probabilities(run_dir, tiles, tmp_path):
+    _, images = tiles
+    batch = np.stack([normalize.percentile_scale(im) for im in images.values()])
+    np.save(tmp_path / "batch.npy", batch)
+    script = (
+        "import sys, jax, numpy as np; from jaxswin import predict; "
+        "e = predict.load_ensemble([sys.argv[1]], 'none', batch_size=3); "
+        "assert jax.device_count() == 2 and e.batch_size == 4; "
+        "np.save(sys.argv[3], e.predict_proba(np.load(sys.argv[2])))"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    subprocess.run(
+        [sys.executable, "-c", script, str(run_dir / "fold0"), str(tmp_path / "batch.npy"), str(tmp_path / "two.npy")],
+        check=True, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    one = predict.load_ensemble([run_dir / "fold0"], "none").predict_proba(batch)
+    np.testing.assert_allclose(np.load(tmp_path / "two.npy"), one, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_output_inside_input_is_refused(run_dir, tiles, capsys):
+    root, _ = tiles
+    before = _digest(root)
+    for output in (root / "images", root / "images" / "pred"):
+        code, err = _run_cli(["--checkpoint", run_dir, "--input", root / "images", "--output", output], capsys)
+        assert code == 2 and "--output" in err and "--input" in err
+    code, err = _run_cli(
+        ["--checkpoint", run_dir, "--input", root / "images" / "Image_0.tif", "--output", root / "images"], capsys
+    )
+    assert code == 2 and "overwrite" in err
+    assert _digest(root) == before and not (root / "images" / "pred").exists()
+
+
+def test_existing_outputs_need_overwrite(run_dir, tiles, tmp_path, capsys):
+    root, _ = tiles
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "Image_1.tif").write_bytes(b"earlier result")
+    code, err = _run_cli(["--checkpoint", run_dir, "--input", root / "images", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "--overwrite" in err and "Image_1.tif" in err
+    assert (tmp_path / "out" / "Image_1.tif").read_bytes() == b"earlier result"
+
+
+@pytest.mark.parametrize("lacking", [predict.STATS, predict.CONFIG, predict.WEIGHTS])
+def test_checkpoint_lacking_a_file_is_named(run_dir, tiles, tmp_path, capsys, lacking):
+    root, _ = tiles
+    best = tmp_path / "run" / "best"
+    shutil.copytree(run_dir / "fold0" / "best", best)
+    (best / lacking).unlink()
+    code, err = _run_cli(["--checkpoint", best.parent, "--input", root / "images", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and lacking in err and not (tmp_path / "out").exists()
+
+
+def test_unknown_checkpoint_folder(tiles, tmp_path, capsys):
+    root, _ = tiles
+    (tmp_path / "empty").mkdir()
+    code, err = _run_cli(["--checkpoint", tmp_path / "empty", "--input", root / "images", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "no trained model" in err
+
+
+@pytest.mark.parametrize("problem", ["unreadable", "band_count"])
+def test_bad_tiles_are_named(run_dir, tmp_path, capsys, problem):
+    bad = tmp_path / "in" / "Image_bad.tif"
+    if problem == "unreadable":
+        bad.parent.mkdir()
+        bad.write_bytes(b"II*\x00 this is not really a TIFF")
+    else:
+        _write_tif(bad, np.zeros((SIZE, SIZE, 5), np.float32))
+    before = _digest(tmp_path / "in")
+    code, err = _run_cli(["--checkpoint", run_dir / "fold0", "--input", tmp_path / "in", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "Image_bad.tif" in err
+    assert ("5 band(s)" in err) if problem == "band_count" else ("TIFF" in err)
+    assert _digest(tmp_path / "in") == before
