@@ -82,6 +82,8 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
     """One optimisation step; pure. Returns the new state and scalar metrics."""
     loss_fn = losses.get(loss_name)
     key = jax.random.fold_in(base_key, state.step)
+    if "warp" in batch:  # the loader left the geometric augmentation to the device
+        batch = data_lib.augment.warp(batch)
 
     def objective(params):
         logits, updates = state.apply_fn(
@@ -174,12 +176,6 @@ class Placement:
     def local_batch(self, batch: dict) -> dict:
         """This process's rows -> global arrays sharded over every device of every process."""
         return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in batch.items()}
-
-    def global_batch(self, batch: dict) -> dict:
-        """A batch every process holds whole (evaluation) -> global arrays; each process gives its rows."""
-        count, index = jax.process_count(), jax.process_index()
-        rows = next(iter(batch.values())).shape[0] // count
-        return self.local_batch({k: v[index * rows:(index + 1) * rows] for k, v in batch.items()})
 
 
 def make_placement(global_batch_size: int, option: str = "train.batch_size") -> Placement:
@@ -328,7 +324,7 @@ def evaluate(placement, eval_fn, variables, batches, pos_weight, threshold) -> d
     counts = np.zeros(4, np.float64)
     loss_sum = tiles = 0.0
     for batch in batches:
-        out = jax.device_get(eval_fn(variables, placement.global_batch(batch), pos_weight, threshold))
+        out = jax.device_get(eval_fn(variables, placement.local_batch(batch), pos_weight, threshold))
         counts += np.asarray(out["counts"], np.float64)
         loss_sum += float(out["loss_sum"])
         tiles += float(out["tiles"])
@@ -355,7 +351,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     placement = make_placement(tcfg.batch_size)
     eval_batch_size = math.ceil(tcfg.eval_batch_size / jax.device_count()) * jax.device_count()
 
-    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands)
+    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
     train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
@@ -419,6 +415,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         batches = data_lib.loader.train_loader(
             images, masks, train_idx, stats, global_batch_size=tcfg.batch_size, seed=tcfg.seed,
             epoch=epoch, augment=cfg.data.augment, workers=cfg.data.workers,
+            device_warp=cfg.data.device_warp,
         )
         for step_in_epoch, batch in enumerate(batches):
             if step_in_epoch >= steps_per_epoch:

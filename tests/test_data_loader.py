@@ -70,7 +70,7 @@ def test_process_shards_together_are_the_single_process_batch(data):
     for step, batch in enumerate(whole):
         for key in batch:
             assert shards[0][step][key].shape[0] == 2
-            joined = np.stack([shards[0][step][key], shards[1][step][key]], 1).reshape(batch[key].shape)
+            joined = np.concatenate([shards[0][step][key], shards[1][step][key]])
             np.testing.assert_allclose(joined, batch[key], atol=1e-6)
 
 

@@ -131,8 +131,11 @@ def train_loader(
     ds = grain.MapDataset.source(_Tiles(images, masks, indices)).shuffle(seed=seed)
     if augment:
         ds = ds.random_map(augment_lib.Augment(), seed=seed)
-    ds = ds[: steps * global_batch_size][process_index::process_count]
-    ds = ds.batch(local_batch, drop_remainder=True).repeat()[epoch * steps :]
+    # A global batch is the processes' blocks of rows in process order, as
+    # jax.make_array_from_process_local_data assembles it: every row sits where a single
+    # process would have it, and so draws the same dropout and drop-path noise.
+    ds = ds[: steps * global_batch_size].batch(local_batch, drop_remainder=True)
+    ds = ds[process_index::process_count].repeat()[epoch * steps :]
     finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp)
     if workers == 0:
         return map(finish, ds[:steps].to_iter_dataset(_READ))
