@@ -1,0 +1,417 @@
+"""Training and inference speed of the paper's model: jaxswin against its PyTorch twin.
+
+    python -m experiments.bench [--batch 16] [--steps 20] [--warmup 3] [--precisions fp32,bf16,fp16]
+        [--torch-modes eager,amp,compile] [--only jax|torch] [--json OUT] [--peak-tflops X]
+
+On the device at hand (the first GPU, else the CPU), for the model of --preset (default: the
+paper's, 128x128 tiles, random weights and inputs) it measures:
+
+- jax fp32 / bf16 / fp16: jaxswin.train's jitted train step (forward, backward, BCE(w+) + Dice,
+  AdamW, EMA; fp16 with dynamic loss scaling) and the jitted inference forward (probabilities).
+- torch eager fp32, eager AMP (autocast fp16 + GradScaler on CUDA, the paper's recipe; on the CPU,
+  which has no fp16 autocast, bf16 autocast) and torch.compile (of the model; with AMP on CUDA,
+  fp32 on the CPU): the same step on experiments/torch_twin.py's model (AdamW, EMA of the weights
+  and BatchNorm buffers, BCE(w+) + Dice) and its inference forward.
+
+Per configuration: train-step and inference tiles/s (mean over --steps after --warmup steps),
+the first step's wall time (compilation or warm-up included), peak memory (GPU: the framework's
+allocator peak, jax memory_stats / torch max_memory_allocated; CPU: the worker process's peak
+RSS, which includes the framework itself), and for jax the model FLOPs per tile that XLA counts
+in the compiled train step and inference function. MFU = FLOPs per tile x tiles/s / the device's
+dense bf16/fp16 tensor peak (KNOWN_PEAKS, or --peak-tflops; n/a on a CPU unless given); the torch
+rows use jax's FLOP count of the same model. Each configuration runs in its own process, so JAX's
+and torch's GPU memory pools never share the card and each peak is that configuration's own.
+
+Writes one JSON (default experiments/results/bench-<device>.json) and prints a Markdown table
+and the JAX / PyTorch ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+# Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a name found in the device kind.
+KNOWN_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "T4": 65.0}
+PRECISIONS = ("fp32", "bf16", "fp16")
+TORCH_MODES = ("eager", "amp", "compile")
+RESULT_TAG = "BENCH_RESULT "
+PAPER_LOSS = "bce_w_dice"  # both frameworks train on the paper's loss (see paper_loss)
+GIB = 2.0**30
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description="Train-step and inference speed of jaxswin and its PyTorch twin on this device.",
+    )
+    parser.add_argument("--preset", default="paper", help="model preset (default: paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.decoder=fpn")
+    parser.add_argument("--batch", type=int, default=16, help="tiles per step (default 16)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps first, compilation included (default 3)")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help="jax compute precisions (default fp32,bf16,fp16)")
+    parser.add_argument("--torch-modes", default=",".join(TORCH_MODES),
+                        help="torch modes: eager (fp32), amp (autocast), compile (default: all)")
+    parser.add_argument("--only", choices=["jax", "torch"], help="run one framework only")
+    parser.add_argument("--json", help="output file (default experiments/results/bench-<device>.json)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak TFLOP/s for MFU (default: KNOWN_PEAKS by device name)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, run in a subprocess
+    return parser
+
+
+def load_config(args):
+    from jaxswin import config as config_lib
+
+    return config_lib.load(args.preset, args.overrides)
+
+
+def random_batch(batch: int, size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "rgb": rng.standard_normal((batch, size, size, 3), dtype=np.float32),
+        "aux": rng.standard_normal((batch, size, size, 4), dtype=np.float32),
+        "mask": (rng.random((batch, size, size, 1)) < 0.35).astype(np.float32),
+    }
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def timed(step, warmup: int, steps: int, sync) -> tuple[float, float]:
+    """(first step's seconds, mean seconds of the `steps` after `warmup`) of `step()`."""
+    start = time.perf_counter()
+    sync(step())
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        sync(step())
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = step()
+    sync(out)
+    return first, (time.perf_counter() - start) / steps
+
+
+# ----------------------------------------------------------------------------- jax
+
+
+def bench_jax(args, precision: str) -> dict:
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxswin import models, train
+
+    cfg = load_config(args)
+    module = models.build(cfg.model, train.PRECISIONS[precision])
+    variables = models.init(module, cfg.model, jax.random.key(0))
+    steps_per_epoch = 100  # only shapes the LR schedule
+    state = train.create_state(module, variables, cfg.train, steps_per_epoch, precision)
+    step_fn = jax.jit(
+        functools.partial(
+            train.train_step, loss_name=PAPER_LOSS,
+            ema_decay=cfg.train.ema_decay if cfg.train.ema else None,
+            schedule=train.make_schedule(cfg.train, steps_per_epoch),
+        ),
+        donate_argnums=0,
+    )
+    batch = jax.device_put(random_batch(args.batch, cfg.model.img_size))
+    pos_weight, key = jnp.float32(1.86), jax.random.key(1)
+
+    start = time.perf_counter()
+    compiled_step = step_fn.lower(state, batch, pos_weight, key).compile()
+    train_compile = time.perf_counter() - start
+    holder = {"state": state}
+
+    def train_once():
+        holder["state"], step_metrics = compiled_step(holder["state"], batch, pos_weight, key)
+        return step_metrics
+
+    first, per_step = timed(train_once, args.warmup, args.steps, jax.block_until_ready)
+
+    def probabilities(variables, rgb, aux):
+        return jax.nn.sigmoid(module.apply(variables, rgb, aux, train=False))
+
+    final = holder["state"]
+    inference_vars = {"params": final.params, "batch_stats": final.batch_stats}
+    start = time.perf_counter()
+    compiled_infer = jax.jit(probabilities).lower(inference_vars, batch["rgb"], batch["aux"]).compile()
+    infer_compile = time.perf_counter() - start
+    infer_first, per_infer = timed(
+        lambda: compiled_infer(inference_vars, batch["rgb"], batch["aux"]),
+        args.warmup, args.steps, jax.block_until_ready,
+    )
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        peak, source = stats["peak_bytes_in_use"], "jax memory_stats peak_bytes_in_use"
+    else:
+        peak, source = peak_rss_bytes(), "process peak RSS"
+    return {
+        "framework": "jax", "mode": precision, "precision": precision,
+        "train_tiles_s": args.batch / per_step,
+        "infer_tiles_s": args.batch / per_infer,
+        "train_compile_s": train_compile,
+        "train_first_step_s": train_compile + first,
+        "infer_first_step_s": infer_compile + infer_first,
+        "train_flops_per_tile": compiled_step.cost_analysis()["flops"] / args.batch,
+        "infer_flops_per_tile": compiled_infer.cost_analysis()["flops"] / args.batch,
+        "peak_memory_gib": peak / GIB, "memory_source": source,
+        **device_info(device.device_kind, device.platform),
+        "versions": {"jax": jax.__version__},
+    }
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def paper_loss(logits, mask, pos_weight):
+    """BCE(w+) + Dice, each weighted 1/2 (paper eq. 4-5), Dice over the whole batch as jaxswin's."""
+    import torch.nn.functional as F
+
+    bce = F.binary_cross_entropy_with_logits(logits, mask, pos_weight=pos_weight)
+    prob, eps = logits.sigmoid(), 1e-7
+    dice = 1 - (2 * (prob * mask).sum() + eps) / (prob.sum() + mask.sum() + eps)
+    return (bce + dice) / 2
+
+
+def bench_torch(args, mode: str) -> dict:
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from experiments import torch_twin
+
+    cfg = load_config(args)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    # AMP as the paper trained (fp16 + loss scaling) on CUDA; a CPU has bf16 autocast only.
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    use_amp = mode == "amp" or (mode == "compile" and cuda)
+    precision = ("fp16" if cuda else "bf16") + " autocast" if use_amp else "fp32"
+
+    torch.manual_seed(0)
+    model = torch_twin.DualSwinFusionSeg.from_config(cfg.model).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+                        use_buffers=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    forward = torch.compile(model) if mode == "compile" else model
+    batch = {k: torch.from_numpy(v).permute(0, 3, 1, 2).contiguous().to(device)
+             for k, v in random_batch(args.batch, cfg.model.img_size).items()}
+    pos_weight = torch.tensor(1.86, device=device)
+
+    def sync(_):
+        if cuda:
+            torch.cuda.synchronize()
+
+    def train_once():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = forward(batch["rgb"], batch["aux"])
+        loss = paper_loss(logits.float(), batch["mask"], pos_weight)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        ema.update_parameters(model)
+        return loss
+
+    first, per_step = timed(train_once, args.warmup, args.steps, sync)
+
+    model.eval()
+
+    def infer_once():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            return torch.sigmoid(forward(batch["rgb"], batch["aux"]))
+
+    infer_first, per_infer = timed(infer_once, args.warmup, args.steps, sync)
+    if cuda:
+        peak, source = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+        kind = torch.cuda.get_device_name()
+    else:
+        peak, source, kind = peak_rss_bytes(), "process peak RSS", "cpu"
+    return {
+        "framework": "torch", "mode": mode, "precision": precision,
+        "train_tiles_s": args.batch / per_step,
+        "infer_tiles_s": args.batch / per_infer,
+        "train_first_step_s": first,
+        "infer_first_step_s": infer_first,
+        "peak_memory_gib": peak / GIB, "memory_source": source,
+        **device_info(kind, device.type),
+        "versions": {"torch": torch.__version__},
+    }
+
+
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                "unknown CPU")
+
+
+def device_info(kind: str, platform: str) -> dict:
+    return {"device": kind, "platform": platform, "cpu": cpu_model(),
+            "cpu_count": len(os.sched_getaffinity(0))}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def plan(args) -> list[str]:
+    jobs = []
+    if args.only != "torch":
+        jobs += [f"jax:{p.strip()}" for p in args.precisions.split(",") if p.strip()]
+    if args.only != "jax":
+        jobs += [f"torch:{m.strip()}" for m in args.torch_modes.split(",") if m.strip()]
+    for job in jobs:
+        framework, mode = job.split(":")
+        allowed = PRECISIONS if framework == "jax" else TORCH_MODES
+        if mode not in allowed:
+            option = "--precisions" if framework == "jax" else "--torch-modes"
+            raise SystemExit(f"error: {option}: unknown '{mode}' (choose from {', '.join(allowed)})")
+    return jobs
+
+
+def run_worker(job: str, argv: list[str]) -> dict:
+    """Runs one configuration in a fresh process; its result, or the error it ended with."""
+    framework, mode = job.split(":")
+    print(f"-- {framework} {mode} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", *argv, "--worker", job],
+                          capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"framework": framework, "mode": mode, "error": tail[:300]}
+
+
+def peak_tflops(args, device: str) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    return next((peak for name, peak in KNOWN_PEAKS.items() if name in device), None)
+
+
+def add_mfu(results: list[dict], peak: float | None) -> None:
+    """MFU of every row from jax's FLOP count of the model (the first jax row that has one)."""
+    counted = next((r for r in results if "train_flops_per_tile" in r), None)
+    for r in results:
+        if counted is None or peak is None or "error" in r:
+            r["train_mfu"] = r["infer_mfu"] = None
+            continue
+        r["train_mfu"] = counted["train_flops_per_tile"] * r["train_tiles_s"] / (peak * 1e12)
+        r["infer_mfu"] = counted["infer_flops_per_tile"] * r["infer_tiles_s"] / (peak * 1e12)
+
+
+def ratios(results: list[dict]) -> dict:
+    """The fastest jax row's tiles/s over each torch row's, for training and inference; and jax
+    fp32 over torch eager (fp32, the same arithmetic) where fp32 is not the fastest."""
+    ok = [r for r in results if "error" not in r]
+    jax_rows = [r for r in ok if r["framework"] == "jax"]
+    torch_rows = {r["mode"]: r for r in ok if r["framework"] == "torch"}
+    out = {}
+    if not jax_rows:
+        return out
+    for phase in ("train", "infer"):
+        best = max(jax_rows, key=lambda r: r[f"{phase}_tiles_s"])
+        for mode, r in torch_rows.items():
+            out[f"{phase}: jax {best['mode']} / torch {mode}"] = \
+                best[f"{phase}_tiles_s"] / r[f"{phase}_tiles_s"]
+        fp32 = next((r for r in jax_rows if r["mode"] == "fp32"), None)
+        if fp32 and fp32 is not best and "eager" in torch_rows:
+            out[f"{phase}: jax fp32 / torch eager"] = \
+                fp32[f"{phase}_tiles_s"] / torch_rows["eager"][f"{phase}_tiles_s"]
+    return out
+
+
+def markdown(report: dict) -> str:
+    def num(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = [
+        f"Device: {report['device']} ({report['platform']}; host {report['cpu']}, "
+        f"{report['cpu_count']} cores); "
+        f"model `{report['preset']}` at {report['img_size']}x{report['img_size']}, batch "
+        f"{report['batch']}, {report['steps']} timed steps after {report['warmup']}; peak "
+        f"{num(report['peak_tflops'], '.0f')} TFLOP/s.",
+        "",
+        "| framework | mode | precision | train tiles/s | infer tiles/s | first train step s "
+        "| peak mem GiB | train GFLOP/tile | train MFU | infer MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['framework']} | {r['mode']} | | failed: {r['error']} | | | | | | |")
+            continue
+        flops = r.get("train_flops_per_tile")
+        lines.append(
+            f"| {r['framework']} | {r['mode']} | {r['precision']} | {r['train_tiles_s']:.1f} "
+            f"| {r['infer_tiles_s']:.1f} | {r['train_first_step_s']:.1f} "
+            f"| {r['peak_memory_gib']:.2f} | {num(flops and flops / 1e9, '.1f')} "
+            f"| {num(r['train_mfu'] and 100 * r['train_mfu'], '.1f')}{'' if r['train_mfu'] is None else ' %'} "
+            f"| {num(r['infer_mfu'] and 100 * r['infer_mfu'], '.1f')}{'' if r['infer_mfu'] is None else ' %'} |"
+        )
+    memory = sorted({r["memory_source"] for r in report["results"] if "memory_source" in r})
+    lines += ["", f"Peak memory: {'; '.join(memory)}.", "", "JAX / PyTorch (tiles/s ratio):"]
+    lines += [f"- {name}: {value:.2f}x" for name, value in report["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        framework, mode = args.worker.split(":")
+        result = bench_jax(args, mode) if framework == "jax" else bench_torch(args, mode)
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return 0
+    if min(args.batch, args.steps, args.warmup) < 1:
+        raise SystemExit("error: --batch, --steps and --warmup must be at least 1")
+
+    results = [run_worker(job, argv) for job in plan(args)]
+    measured = next((r for r in results if "error" not in r), None)
+    if measured is None:
+        raise SystemExit("error: every configuration failed:\n" +
+                         "\n".join(f"  {r['framework']} {r['mode']}: {r['error']}" for r in results))
+    cfg = load_config(args)
+    report = {
+        "device": measured["device"], "platform": measured["platform"],
+        "cpu": measured["cpu"], "cpu_count": measured["cpu_count"], "preset": args.preset,
+        "overrides": args.overrides,
+        "img_size": cfg.model.img_size, "batch": args.batch, "steps": args.steps,
+        "warmup": args.warmup, "peak_tflops": peak_tflops(args, measured["device"]),
+        "versions": {k: v for r in results for k, v in r.get("versions", {}).items()},
+        "results": results,
+    }
+    add_mfu(results, report["peak_tflops"])
+    report["ratios"] = ratios(results)
+    slug = re.sub(r"[^a-z0-9]+", "-", measured["device"].lower()).strip("-")
+    out = Path(args.json or Path(__file__).resolve().parent / "results" / f"bench-{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
