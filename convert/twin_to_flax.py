@@ -45,7 +45,8 @@ def flax_path(name: str, ndim: int) -> str:
 def twin_to_flax(state_dict: dict[str, np.ndarray], model_cfg: ModelConfig) -> dict:
     """{"params", "batch_stats"} for `models.build(model_cfg)` from the twin's state dict
     (numpy arrays). Unknown, missing and misshapen tensors are reported together."""
-    shapes = jax.eval_shape(lambda: models.init(models.build(model_cfg), model_cfg, jax.random.key(0)))
+    module = models.build(model_cfg)
+    shapes = jax.eval_shape(lambda: models.init(module, model_cfg, jax.random.key(0)))
     expected = {
         "/".join(k.key for k in path): leaf.shape
         for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
@@ -58,7 +59,8 @@ def twin_to_flax(state_dict: dict[str, np.ndarray], model_cfg: ModelConfig) -> d
             if name.startswith(prefix + ".")
         }
         converted = swinv2.timm_to_flax(encoder, swinv2.CONFIGS[model_cfg.encoder], in_chans)
-        flat.update({f"params/{prefix}/{k}": v for k, v in weights.flatten(converted["params"]).items()})
+        for key, value in weights.flatten(converted["params"]).items():
+            flat[f"params/{prefix}/{key}"] = value
     for name, array in state_dict.items():
         if name.split(".")[0] in ENCODERS or name.endswith("num_batches_tracked"):
             continue
@@ -78,19 +80,28 @@ def twin_to_flax(state_dict: dict[str, np.ndarray], model_cfg: ModelConfig) -> d
         ],
     }
     if any(problems.values()):
-        raise UserError("twin weights do not fit the model: " + "; ".join(
-            f"{len(names)} {kind} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
-            for kind, names in problems.items() if names
-        ))
+        found = "; ".join(
+            f"{len(names)} {kind}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+            for kind, names in problems.items()
+            if names
+        )
+        raise UserError(f"twin weights do not fit the model ({found})")
     return weights.unflatten(flat)
 
 
 @cli
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="twin_to_flax.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the twin's state dict (.pth/.pt)")
-    parser.add_argument("--preset", default="paper", help="config the twin was built from (default: paper)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="the twin's state dict (.pth/.pt)"
+    )
+    parser.add_argument(
+        "--preset", default="paper", help="config the twin was built from (default: paper)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="change one config value, e.g. --set model.img_size=256 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     args = parser.parse_args(argv)
 
@@ -112,7 +123,10 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     weights.save(args.out / "model.safetensors", variables, {"source": str(args.checkpoint)})
     (args.out / "config.toml").write_text(config.to_toml(cfg))
-    print(f"wrote {args.out}/model.safetensors and config.toml; add the training data's stats.json to predict")
+    print(
+        f"wrote {args.out}/model.safetensors and config.toml; "
+        "add the training data's stats.json beside them to predict"
+    )
 
 
 if __name__ == "__main__":

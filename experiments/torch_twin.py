@@ -37,12 +37,18 @@ TWIN_VARIANT = {
 
 def check_config(model_cfg: ModelConfig) -> None:
     """ConfigError unless `model_cfg` is the variant the twin implements."""
-    wrong = {k: getattr(model_cfg, k) for k, v in TWIN_VARIANT.items() if getattr(model_cfg, k) != v}
+    wrong = {
+        key: getattr(model_cfg, key)
+        for key, value in TWIN_VARIANT.items()
+        if getattr(model_cfg, key) != value
+    }
     if wrong:
         raise ConfigError(f"the torch twin implements only {TWIN_VARIANT}; this config has {wrong}")
 
 
-def swinv2_features(encoder: str, in_chans: int, img_size: int, drop_path_rate: float = 0.0) -> nn.Module:
+def swinv2_features(
+    encoder: str, in_chans: int, img_size: int, drop_path_rate: float = 0.0
+) -> nn.Module:
     """timm's SwinV2 feature net (NHWC maps at strides 4-32) with jaxswin's config `encoder`;
     names that are not timm models (swinv2_nano) are built from their architecture numbers."""
     cfg = swinv2.CONFIGS[encoder]
@@ -68,7 +74,9 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class ConvBNReLU(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x):

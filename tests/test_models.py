@@ -48,7 +48,9 @@ def timm_feature_params(name: str, in_chans: int) -> int:
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
     with torch.device("meta"):
-        net = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3), img_size=128, in_chans=in_chans)
+        net = timm.create_model(
+            name, features_only=True, out_indices=(0, 1, 2, 3), img_size=128, in_chans=in_chans
+        )
     return sum(p.numel() for p in net.parameters())
 
 
@@ -65,7 +67,9 @@ def unetpp_and_head_params(in_channels, c):
     depth = len(in_channels)
     projections = sum(conv_bn(ci, c, 1) for ci in in_channels)
     nodes = sum(
-        conv_bn((j + 1) * c, c, 3) + conv_bn(c, c, 3) for j in range(1, depth) for _ in range(depth - j)
+        conv_bn((j + 1) * c, c, 3) + conv_bn(c, c, 3)
+        for j in range(1, depth)
+        for _ in range(depth - j)
     )
     return projections + nodes + conv_bn(c, c, 3) + c + 1
 
@@ -84,7 +88,8 @@ def test_paper_model_has_the_papers_parameter_counts():
 
 
 def test_encoders_have_timms_parameter_counts():
-    assert parameter_counts(PAPER)["aux_encoder"] == timm_feature_params("swinv2_small_window8_256", 4)
+    aux_encoder = parameter_counts(PAPER)["aux_encoder"]
+    assert aux_encoder == timm_feature_params("swinv2_small_window8_256", 4)
     single = parameter_counts(
         full(arch="single", encoder=SWIN_T, decoder="fpn", bands=("red", "green", "blue", "dem"))
     )
@@ -128,7 +133,10 @@ VARIANTS = {
         lambda c, base: set(c) == {"encoder", "decoder", "head"}
         and c["encoder"] == base["rgb_encoder"] + 96 * 4 * 4 * 4,  # 7 input channels
     ),
-    "dual_small": (dict(encoder="swinv2_small_window8_256"), lambda c, base: c["rgb_encoder"] > base["rgb_encoder"]),
+    "dual_small": (
+        dict(encoder="swinv2_small_window8_256"),
+        lambda c, base: c["rgb_encoder"] > base["rgb_encoder"],
+    ),
 }
 
 
@@ -145,9 +153,8 @@ def test_summary_prints_the_breakdown_and_total_last(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     counts = parameter_counts(config.load("tiny", ["model.arch=late"]).model)
     assert lines[-1] == f"total {sum(counts.values()):,} parameters"
-    assert [line.split()[0] for line in lines[1:-1]] == [
-        "rgb_encoder", "aux_encoder", "rgb_decoder", "aux_decoder", "rgb_head", "aux_head", "blend_logit"
-    ]
+    parts = ["rgb_encoder", "aux_encoder", "rgb_decoder", "aux_decoder", "rgb_head", "aux_head"]
+    assert [line.split()[0] for line in lines[1:-1]] == parts + ["blend_logit"]
 
 
 def test_summary_reports_bad_options_as_errors(capsys):
@@ -231,10 +238,15 @@ def test_attention_blocks_match_timm(kind, channels):
                 "fc1": {"kernel": dense(sd["channel.fc1.weight"])},
                 "fc2": {"kernel": dense(sd["channel.fc2.weight"])},
                 "spatial_conv": {"kernel": sd["spatial.conv.conv.weight"].transpose(2, 3, 1, 0)},
-                "spatial_bn": {"scale": sd["spatial.conv.bn.weight"], "bias": sd["spatial.conv.bn.bias"]},
+                "spatial_bn": {
+                    "scale": sd["spatial.conv.bn.weight"], "bias": sd["spatial.conv.bn.bias"]
+                },
             },
             "batch_stats": {
-                "spatial_bn": {"mean": sd["spatial.conv.bn.running_mean"], "var": sd["spatial.conv.bn.running_var"]}
+                "spatial_bn": {
+                    "mean": sd["spatial.conv.bn.running_mean"],
+                    "var": sd["spatial.conv.bn.running_var"],
+                }
             },
         }
     x = np.random.default_rng(channels).normal(size=(2, 9, 7, channels)).astype(np.float32)
@@ -253,7 +265,8 @@ def test_unknown_attention_is_a_config_error():
 
 
 @pytest.mark.parametrize(
-    "source, target", [((4, 4), (8, 8)), ((4, 5), (32, 40)), ((1, 1), (4, 4)), ((6, 6), (4, 4)), ((7, 5), (3, 4))]
+    "source, target",
+    [((4, 4), (8, 8)), ((4, 5), (32, 40)), ((1, 1), (4, 4)), ((6, 6), (4, 4)), ((7, 5), (3, 4))],
 )
 def test_bilinear_resize_matches_torch_interpolate(source, target):
     torch = pytest.importorskip("torch")
@@ -265,7 +278,9 @@ def test_bilinear_resize_matches_torch_interpolate(source, target):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("source, size", [((4, 4), 1), ((4, 4), 3), ((4, 4), 6), ((7, 5), 3), ((8, 8), 2)])
+@pytest.mark.parametrize(
+    "source, size", [((4, 4), 1), ((4, 4), 3), ((4, 4), 6), ((7, 5), 3), ((8, 8), 2)]
+)
 def test_adaptive_avg_pool_matches_torch(source, size):
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(1).normal(size=(2, *source, 3)).astype(np.float32)
@@ -287,14 +302,20 @@ def random_inputs(batch=2, seed=0):
     return rgb, aux, mask
 
 
+def flat_shapes(tree) -> dict[str, tuple]:
+    """{'params/a/b': shape} of a tree of arrays or shape structs."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(k.key for k in path): leaf.shape for path, leaf in leaves}
+
+
 def random_variables(module, *inputs, seed=0):
     """Variables of `module` drawn at random (no init to compile): every weight away from zero,
     so each one must receive gradient, and positive BatchNorm variances."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *inputs)
     rng = np.random.default_rng(seed)
+    shapes = flat_shapes(jax.eval_shape(module.init, jax.random.key(0), *inputs))
     flat = {
-        name: (rng.uniform(0.5, 2.0, leaf.shape) if name.endswith("/var") else rng.normal(0, 0.2, leaf.shape))
-        for name, leaf in ((("/".join(k.key for k in path)), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0])
+        name: rng.uniform(0.5, 2.0, shape) if name.endswith("/var") else rng.normal(0, 0.2, shape)
+        for name, shape in shapes.items()
     }
     return weights.unflatten({k: v.astype(np.float32) for k, v in flat.items()})
 
@@ -304,7 +325,8 @@ def train_and_eval(module, variables, rgb, aux, mask, key):
 
     def loss(params):
         logits, updates = module.apply(
-            {**variables, "params": params}, rgb, aux, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+            {**variables, "params": params}, rgb, aux,
+            train=True, rngs={"dropout": key}, mutable=["batch_stats"],
         )
         bce = jnp.mean(jax.nn.softplus(logits) - logits * mask)
         return bce, (logits, updates["batch_stats"])
@@ -328,6 +350,7 @@ RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RUNS)
 def test_variant_trains_with_finite_gradients(name):
     cfg = RUNS[name]
@@ -348,6 +371,7 @@ def test_variant_trains_with_finite_gradients(name):
     assert not [k for k, v in weights.flatten(new_stats).items() if np.allclose(v, old_stats[k])]
 
 
+@pytest.mark.slow
 def test_late_fusion_blends_two_full_models():
     """Late fusion's own parts: the blend and its gradient (the encoder-decoder-heads below it
     are the dual model's, whose gradients the runs above check; skipping them halves the time)."""
@@ -355,27 +379,30 @@ def test_late_fusion_blends_two_full_models():
     module = models.build(cfg)
     rgb, aux, mask = random_inputs()
     variables = random_variables(module, rgb, aux)
-    alpha = variables["params"].pop("blend_logit")
+    params = variables["params"]
 
     @jax.jit
-    def blend_gradient(alpha, key):
+    def blend_checks(alpha, key):
         def loss(alpha):
             logits, _ = module.apply(
-                {**variables, "params": {**variables["params"], "blend_logit": alpha}}, rgb, aux,
+                {**variables, "params": {**params, "blend_logit": alpha}}, rgb, aux,
                 train=True, rngs={"dropout": key}, mutable=["batch_stats"],
             )
             return jnp.mean(jax.nn.softplus(logits) - logits * mask), logits
 
-        return jax.value_and_grad(loss, has_aux=True)(alpha)
+        # sigma(alpha) = 1 (alpha = 40) keeps only the RGB model, whose logits do not see AUX: one
+        # eval batch holds each sample twice, the second time with AUX shifted.
+        rgb_only = module.apply(
+            {**variables, "params": {**params, "blend_logit": 40.0}},
+            jnp.concatenate([rgb, rgb]), jnp.concatenate([aux, aux + 1]),
+        )
+        return jax.value_and_grad(loss, has_aux=True)(alpha), jnp.split(rgb_only, 2)
 
-    (_, logits), grad = blend_gradient(alpha, jax.random.key(0))
+    alpha = params["blend_logit"]
+    ((_, logits), grad), (rgb_only, shifted_aux) = blend_checks(alpha, jax.random.key(0))
     assert logits.shape == (2, SIZE, SIZE, 1) and np.isfinite(logits).all()
     assert np.isfinite(grad) and grad != 0
-    # sigma(alpha) = 1 (alpha large) leaves the RGB model alone: its logits do not see AUX.
-    rgb_only = jax.jit(
-        lambda aux: module.apply({**variables, "params": {**variables["params"], "blend_logit": 40.0}}, rgb, aux)
-    )
-    np.testing.assert_allclose(rgb_only(aux), rgb_only(aux + 1.0), rtol=1e-6)
+    np.testing.assert_allclose(rgb_only, shifted_aux, rtol=1e-6)
 
 
 def test_remaining_fusions_and_upernet_pass_gradients():
@@ -383,7 +410,8 @@ def test_remaining_fusions_and_upernet_pass_gradients():
     rng = np.random.default_rng(0)
     rgb = [rng.normal(size=(2, 16 >> i, 16 >> i, 32 << i)).astype(np.float32) for i in range(4)]
     aux = [rng.normal(size=f.shape).astype(np.float32) for f in rgb]
-    fusions = {kind: fusion.CrossModalFusion(kind) for kind in ("concat", "weighted_sum", "eca", "se")}
+    kinds = ("concat", "weighted_sum", "eca", "se")
+    fusions = {kind: fusion.CrossModalFusion(kind) for kind in kinds}
     upernet = DECODERS["upernet"](32)
 
     params = {k: random_variables(m, rgb, aux)["params"] for k, m in fusions.items()}
@@ -393,21 +421,24 @@ def test_remaining_fusions_and_upernet_pass_gradients():
     def forward(params, rgb, aux):
         fused = {k: m.apply({"params": params[k]}, rgb, aux) for k, m in fusions.items()}
         (decoded,), _ = upernet.apply(
-            {"params": params["upernet"], "batch_stats": stats}, fused["concat"], train=True, mutable=["batch_stats"]
+            {"params": params["upernet"], "batch_stats": stats}, fused["concat"],
+            train=True, mutable=["batch_stats"],
         )
-        loss = sum(jnp.sum(f**2) for pyramid in fused.values() for f in pyramid) + jnp.sum(decoded**2)
+        loss = sum(jnp.sum(f**2) for pyramid in fused.values() for f in pyramid)
+        loss = loss + jnp.sum(decoded**2)
         return loss, (fused, decoded)
 
-    (_, (fused, decoded)), grads = jax.jit(jax.value_and_grad(forward, argnums=(0, 1, 2), has_aux=True))(
-        params, rgb, aux
-    )
+    forward_and_grads = jax.jit(jax.value_and_grad(forward, argnums=(0, 1, 2), has_aux=True))
+    (_, (fused, decoded)), grads = forward_and_grads(params, rgb, aux)
     for pyramid in fused.values():
         assert [f.shape for f in pyramid] == [f.shape for f in rgb]
     assert decoded.shape == (2, 16, 16, 32)
     for tree in grads:  # every parameter and both streams receive gradient
         assert all(np.isfinite(g).all() and np.any(g) for g in jax.tree.leaves(tree))
     w = 1 / (1 + np.exp(-params["weighted_sum"]["scale_0"]["weight_logit"]))
-    np.testing.assert_allclose(fused["weighted_sum"][0], w * rgb[0] + (1 - w) * aux[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        fused["weighted_sum"][0], w * rgb[0] + (1 - w) * aux[0], rtol=1e-5, atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------- pretrained encoders
@@ -418,6 +449,7 @@ def save_nano_weights(path, params) -> None:
     weights.save(path, params, {"model": "swinv2_nano", "in_chans": 3, "img_size": SIZE})
 
 
+@pytest.mark.slow
 def test_pretrained_timm_weights_land_in_both_encoders(tmp_path, perturb_timm):
     torch = pytest.importorskip("torch")
     pytest.importorskip("timm")
@@ -435,7 +467,8 @@ def test_pretrained_timm_weights_land_in_both_encoders(tmp_path, perturb_timm):
     aux_state["patch_embed.proj.weight"] = torch.cat([kernel, kernel.mean(1, keepdim=True)], dim=1)
     timm_aux.load_state_dict(aux_state)
 
-    module, variables = models.create("tiny", img_size=SIZE, pretrained=tmp_path / "nano.safetensors")
+    path = tmp_path / "nano.safetensors"
+    module, variables = models.create("tiny", img_size=SIZE, pretrained=path)
     assert module.config == tiny()
     rgb, aux, _ = random_inputs(seed=5)
     for stream, x, reference in (("rgb", rgb, timm_rgb), ("aux", aux, timm_aux)):
@@ -451,21 +484,26 @@ def test_pretrained_timm_weights_land_in_both_encoders(tmp_path, perturb_timm):
 def test_load_pretrained_replaces_only_encoder_weights(tmp_path):
     nano = swinv2.CONFIGS["swinv2_nano"]
     rng = np.random.default_rng(0)
-    file_params = {"/".join(k[1:]): rng.normal(size=s).astype(np.float32) for k, s in swinv2.variable_shapes(nano, 3).items()}
+    file_params = {
+        "/".join(path[1:]): rng.normal(size=shape).astype(np.float32)
+        for path, shape in swinv2.variable_shapes(nano, 3).items()
+    }
     save_nano_weights(tmp_path / "nano.safetensors", {"params": weights.unflatten(file_params)})
     cfg = tiny(encoder_attention="se")  # encoder gates the file does not have
     shapes = jax.eval_shape(lambda: models.init(models.build(cfg), cfg, jax.random.key(0)))
     before = {
-        "/".join(k.key for k in path): rng.normal(size=leaf.shape).astype(np.float32)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+        name: rng.normal(size=shape).astype(np.float32)
+        for name, shape in flat_shapes(shapes).items()
     }
-    after = weights.flatten(models.load_pretrained(weights.unflatten(before), cfg, tmp_path / "nano.safetensors"))
+    loaded = models.load_pretrained(weights.unflatten(before), cfg, tmp_path / "nano.safetensors")
+    after = weights.flatten(loaded)
     assert after.keys() == before.keys()
     kernel = file_params["patch_embed/proj/kernel"]
     for name, value in after.items():
         stream, _, rest = name.partition("_encoder/")
         if name == "params/aux_encoder/patch_embed/proj/kernel":  # channel-mean warm start
-            np.testing.assert_allclose(value, np.concatenate([kernel, kernel.mean(2, keepdims=True)], 2), rtol=1e-6)
+            warm_start = np.concatenate([kernel, kernel.mean(2, keepdims=True)], axis=2)
+            np.testing.assert_allclose(value, warm_start, rtol=1e-6)
         elif rest in file_params and stream in ("params/rgb", "params/aux"):
             np.testing.assert_array_equal(value, file_params[rest])
         else:  # decoder, fusion, head, BN statistics, the encoder's attention gates

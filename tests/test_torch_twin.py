@@ -34,8 +34,8 @@ def twin(model_cfg, perturb_timm):
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 shape = module.running_mean.shape
-                module.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.5, shape).astype(np.float32)))
-                module.running_var.copy_(torch.from_numpy(rng.uniform(0.3, 3.0, shape).astype(np.float32)))
+                module.running_mean.copy_(torch.tensor(rng.normal(0, 0.5, shape)))
+                module.running_var.copy_(torch.tensor(rng.uniform(0.3, 3.0, shape)))
     return model
 
 
@@ -51,7 +51,7 @@ def test_converted_twin_gives_the_same_logits(model_cfg, twin):
     module = models.build(model_cfg)
     ours = np.asarray(jax.jit(module.apply)(variables, rgb, aux))
     with torch.no_grad():
-        theirs = twin(torch.from_numpy(rgb.transpose(0, 3, 1, 2)), torch.from_numpy(aux.transpose(0, 3, 1, 2)))
+        theirs = twin(*(torch.from_numpy(x.transpose(0, 3, 1, 2)) for x in (rgb, aux)))
     theirs = theirs.numpy().transpose(0, 2, 3, 1)
     assert ours.shape == theirs.shape == (2, SIZE, SIZE, 1)
     assert theirs.std() > 0.01
@@ -93,7 +93,9 @@ def test_cli_refuses_a_variant_the_twin_lacks(tmp_path, capsys):
     checkpoint = tmp_path / "twin.pth"
     torch.save({}, checkpoint)
     with pytest.raises(SystemExit) as exit_info:
-        converter.main(["--checkpoint", str(checkpoint), "--preset", "tiny", "--set", "model.decoder=fpn",
-                        "--out", str(tmp_path / "run")])
+        converter.main(
+            ["--checkpoint", str(checkpoint), "--preset", "tiny", "--set", "model.decoder=fpn",
+             "--out", str(tmp_path / "run")]
+        )
     assert exit_info.value.code == 2
     assert "decoder" in capsys.readouterr().err

@@ -31,10 +31,14 @@ def parameter_counts(model_cfg: config.ModelConfig) -> dict[str, int]:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m jaxswin.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxswin.models", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="parameter count per part of the model")
-    summary.add_argument("--preset", default="paper", help="preset name or .toml path (default: paper)")
+    summary.add_argument(
+        "--preset", default="paper", help="preset name or .toml path (default: paper)"
+    )
     summary.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="change one config value, e.g. --set model.decoder=fpn (repeatable)",

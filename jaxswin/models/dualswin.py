@@ -110,8 +110,10 @@ class LateFusionSeg(nn.Module):
     def __call__(self, rgb, aux, train: bool = False):
         cfg = self.config
         size = rgb.shape[1:3]
-        rgb_logits = decode(cfg, encode(cfg, rgb, "rgb_", train, self.dtype), size, "rgb_", train, self.dtype)
-        aux_logits = decode(cfg, encode(cfg, aux, "aux_", train, self.dtype), size, "aux_", train, self.dtype)
+        rgb_pyramid = encode(cfg, rgb, "rgb_", train, self.dtype)
+        rgb_logits = decode(cfg, rgb_pyramid, size, "rgb_", train, self.dtype)
+        aux_pyramid = encode(cfg, aux, "aux_", train, self.dtype)
+        aux_logits = decode(cfg, aux_pyramid, size, "aux_", train, self.dtype)
         weight = nn.sigmoid(self.param("blend_logit", nn.initializers.zeros, ()))  # starts at 1/2
         return weight * rgb_logits + (1 - weight) * aux_logits
 
@@ -131,7 +133,8 @@ class SingleSwinSeg(nn.Module):
     def __call__(self, rgb, aux, train: bool = False):
         cfg = self.config
         x = jnp.take(jnp.concatenate([rgb, aux], axis=-1), np.asarray(band_indices(cfg)), axis=-1)
-        return decode(cfg, encode(cfg, x, "", train, self.dtype), rgb.shape[1:3], "", train, self.dtype)
+        pyramid = encode(cfg, x, "", train, self.dtype)
+        return decode(cfg, pyramid, rgb.shape[1:3], "", train, self.dtype)
 
 
 MODELS = {"dual": DualSwinFusionSeg, "late": LateFusionSeg, "single": SingleSwinSeg}
@@ -155,7 +158,8 @@ def validate(cfg: ModelConfig) -> None:
     unknown = [band for band in cfg.bands if band not in bands.CHANNELS]
     if unknown:
         raise ConfigError(
-            f"model.bands: unknown channel(s) {', '.join(unknown)} (channels: {', '.join(bands.CHANNELS)})"
+            f"model.bands: unknown channel(s) {', '.join(unknown)} "
+            f"(channels: {', '.join(bands.CHANNELS)})"
         )
     if len(set(cfg.bands)) != len(cfg.bands):
         raise ConfigError(f"model.bands lists a channel twice: {list(cfg.bands)}")

@@ -46,7 +46,9 @@ class DeepLabV3Plus(nn.Module):
     def __call__(self, pyramid: Sequence, train: bool = False):
         c, dtype = self.channels, self.dtype
         context = ASPP(c, dtype=dtype, name="aspp")(pyramid[-1], train)
-        low = ConvBNReLU(self.low_level_channels, 1, dtype=dtype, name="low_level")(pyramid[0], train)
+        low = ConvBNReLU(self.low_level_channels, 1, dtype=dtype, name="low_level")(
+            pyramid[0], train
+        )
         x = jnp.concatenate([resize_bilinear(context, low.shape[1:3]), low], axis=-1)
         x = ConvBNReLU(c, 3, dtype=dtype, name="conv1")(x, train)
         return (ConvBNReLU(c, 3, dtype=dtype, name="conv2")(x, train),)

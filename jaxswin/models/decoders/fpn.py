@@ -33,7 +33,8 @@ class FPN(nn.Module):
         merged = 0
         for i, x in enumerate(levels):
             for k in range(max(i, 1)):
-                x = ConvBNReLU(self.channels // 2, 3, dtype=self.dtype, name=f"seg_{i}_{k}")(x, train)
+                block = ConvBNReLU(self.channels // 2, 3, dtype=self.dtype, name=f"seg_{i}_{k}")
+                x = block(x, train)
                 x = resize_bilinear(x, sizes[max(i - k - 1, 0)])
             merged = merged + x
         return (merged,)

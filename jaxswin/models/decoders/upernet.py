@@ -44,7 +44,8 @@ class UPerNet(nn.Module):
         ]
         laterals.append(PyramidPooling(c, dtype=dtype, name="ppm")(pyramid[-1], train))
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + resize_bilinear(laterals[i], laterals[i - 1].shape[1:3])
+            up = resize_bilinear(laterals[i], laterals[i - 1].shape[1:3])
+            laterals[i - 1] = laterals[i - 1] + up
         outputs = [
             ConvBNReLU(c, 3, dtype=dtype, name=f"fpn_{i}")(x, train)
             for i, x in enumerate(laterals[:-1])
