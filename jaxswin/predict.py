@@ -109,6 +109,7 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
 
 @functools.cache
 def _expected_shapes(model_cfg: config_lib.ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Variable shapes the config builds, traced (not compiled) once per config."""
     module = models.build(model_cfg)
     return _shapes(jax.eval_shape(lambda: models.init(module, model_cfg, jax.random.key(0))))
 
@@ -242,9 +243,8 @@ class Ensemble:
 
         groups: dict[config_lib.ModelConfig, list[Member]] = collections.defaultdict(list)
         for member in members:
-            groups[member.config.model].append(member)
-        for member in members:
             _check_structure(member)
+            groups[member.config.model].append(member)
         self._stacked = jax.device_put([_stack(group) for group in groups.values()], replicated)
         self._proba = _compiled_proba(tuple(groups), tta_name, self.batch_sharding)
 
@@ -364,16 +364,16 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output(inputs: list[Path], input_arg: Path, output: Path) -> None:
-    """--output must not be, or be inside, the input folder: we never write next to inputs."""
-    output = output.resolve()
-    if input_arg.is_dir() and _inside(output, input_arg.resolve()):
+def check_output(input_arg: Path, output: Path, targets: dict[Path, list[Path]]) -> None:
+    """Nothing may be written inside --input, nor over an input (links resolved)."""
+    if input_arg.is_dir() and _inside(output.resolve(), input_arg.resolve()):
         raise UserError(f"--output {output}: is inside --input {input_arg}; choose a separate folder")
-    for path in inputs:
-        if output == path.resolve().parent:
+    sources = {source.resolve(): source for source in targets}
+    for target in (t for paths in targets.values() for t in paths):
+        if target.resolve() in sources:
             raise UserError(
-                f"--output {output}: holds the input {path.name}, whose mask would overwrite it; "
-                "choose a separate folder"
+                f"--output {output}: writing {target} would overwrite the input "
+                f"{sources[target.resolve()]}; choose a separate folder"
             )
 
 
@@ -422,7 +422,6 @@ def main(argv=None):
         inputs = [input_arg]
     else:
         raise UserError(f"--input {input_arg}: no such file or folder")
-    check_output(inputs, input_arg, output)
 
     targets = {path: [output / path.name] for path in inputs}
     for path in inputs:
@@ -432,6 +431,7 @@ def main(argv=None):
             targets[path].append(output / "preview" / f"{path.stem}.png")
     if args.masks:
         targets[inputs[0]].append(output / "metrics.json")
+    check_output(input_arg, output, targets)
     existing = [t for paths in targets.values() for t in paths if t.exists()]
     if existing and not args.overwrite:
         raise UserError(

@@ -281,3 +281,38 @@ def test_bad_tiles_are_named(run_dir, tmp_path, capsys, problem):
     assert code == 2 and "Image_bad.tif" in err
     assert ("5 band(s)" in err) if problem == "band_count" else ("TIFF" in err)
     assert _digest(tmp_path / "in") == before
+
+
+MMLS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mmls_v1" / "validation_partition"
+
+
+@pytest.mark.mmls
+def test_real_mmls_v1_tiles_without_georeference(run_dir, tmp_path, capsys):
+    if not MMLS.is_dir():
+        pytest.skip(f"real data not here: {MMLS}")
+    images = sorted((MMLS / "images").glob("*.tif"))[:3]
+    for image in images:  # links: nothing is copied, and the dataset stays untouched
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / image.name).symlink_to(image)
+    before = _digest(MMLS / "images")
+    predict.main([
+        "--checkpoint", str(run_dir / "fold0"), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+        "--bands", "mmlsv1", "--tta", "none", "--batch-size", "2", "--masks", str(MMLS / "masks"),
+    ])
+    assert _digest(MMLS / "images") == before
+    for image in images:
+        mask, crs, _, dtype = _read(tmp_path / "out" / image.name)
+        assert mask.shape == (SIZE, SIZE) and dtype == "uint8" and crs is None
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["tiles"] == 3
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_an_existing_output_linked_to_an_input_is_never_overwritten(run_dir, tiles, tmp_path, capsys):
+    root, _ = tiles
+    before = _digest(root)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "Image_2.tif").symlink_to(root / "images" / "Image_2.tif")
+    code, err = _run_cli(
+        ["--checkpoint", run_dir, "--input", root / "images", "--output", tmp_path / "out", "--overwrite"], capsys
+    )
+    assert code == 2 and "would overwrite the input" in err and _digest(root) == before
