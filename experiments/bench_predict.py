@@ -23,7 +23,9 @@ from jaxswin.data import bands, normalize
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--tta", default="rot4")
@@ -37,7 +39,8 @@ def main(argv=None):
     variables = jax.device_get(variables)
     stats = normalize.Stats(bands.CHANNELS, (0.5,) * 7, (0.25,) * 7, pos_weight=1.86)
     members = [
-        predict.Member(Path(f"random/fold{k}/best"), cfg, stats, variables) for k in range(args.folds)
+        predict.Member(Path(f"random/fold{k}/best"), cfg, stats, variables)
+        for k in range(args.folds)
     ]
     ensemble = predict.Ensemble(members, args.tta, args.batch_size)
     size, views = ensemble.tile, len(ensemble.views)

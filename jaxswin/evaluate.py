@@ -1,4 +1,7 @@
-"""Scores of predicted masks against ground truth: ``python -m jaxswin.evaluate --pred DIR --masks DIR``.
+"""Scores of predicted masks against ground truth.
+
+    python -m jaxswin.evaluate --pred DIR --masks DIR [--json]
+
 
 Files pair by tile id (``Image_12.tif``, ``Mask_12.tif`` and ``12.tif`` are all tile 12). The
 scores are counted over all pixels of the set, as the MARS-LS challenge does: mIoU is the mean
@@ -69,7 +72,8 @@ def evaluate(pred_dir: str | Path, masks_dir: str | Path) -> dict[str, float]:
     if set(truth) - set(pred):  # the set's scores must cover the whole set
         raise missing("--pred", pred_dir, "prediction", set(truth) - set(pred))
     counts = [
-        tile_counts(io.read_mask(p, size=None), io.read_mask(m, size=None), str(p)) for p, m in pair(pred, truth, masks_dir)
+        tile_counts(io.read_mask(p, size=None), io.read_mask(m, size=None), str(p))
+        for p, m in pair(pred, truth, masks_dir)
     ]
     return {**metrics.summarize(counts), "tiles": len(counts)}
 

@@ -115,7 +115,7 @@ def _expected_shapes(model_cfg: config_lib.ModelConfig) -> dict[str, tuple[int, 
 
 
 def _check_structure(member: Member) -> None:
-    """Weights must have exactly the shapes the member's config builds (a clear error, not XLA's)."""
+    """The weights must have the shapes the member's config builds (a clear error, not XLA's)."""
     want, have = _expected_shapes(member.config.model), _shapes(member.variables)
     if want != have:
         wrong = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
@@ -146,7 +146,8 @@ class _Scene:
     def __init__(self, key, height: int, width: int, tile: int):
         stride = tile - int(tile * OVERLAP)
         self.key, self.tile = key, tile
-        self.windows = [(y, x) for y in _starts(height, tile, stride) for x in _starts(width, tile, stride)]
+        rows, columns = _starts(height, tile, stride), _starts(width, tile, stride)
+        self.windows = [(y, x) for y in rows for x in columns]
         self.left = len(self.windows)
         self.total = np.zeros((height, width), np.float32)
         self.weight = np.zeros((height, width), np.float32)
@@ -184,7 +185,7 @@ def _stack(group: list[Member]):
         jax.tree.map(lambda *leaves: np.stack(leaves), *[m.variables for m in group]),
         np.stack([np.asarray(m.stats.mean, np.float32) for m in group]),
         # Stats.apply's z-score, (x - mean) * (1 / (std + eps)), done on the device.
-        np.stack([1 / (np.asarray(m.stats.std, np.float32) + np.float32(normalize.EPS)) for m in group]),
+        np.stack([1 / (np.float32(m.stats.std) + np.float32(normalize.EPS)) for m in group]),
     )
 
 
@@ -269,11 +270,14 @@ class Ensemble:
                 f"expected tiles of shape (N, {self.tile}, {self.tile}, {len(bands.CHANNELS)}), "
                 f"got {tiles.shape}"
             )
-        chunks = ((tiles[i : i + self.batch_size], None) for i in range(0, len(tiles), self.batch_size))
+        step = self.batch_size
+        chunks = ((tiles[i : i + step], None) for i in range(0, len(tiles), step))
         outputs = [probs for probs, _ in self.run(chunks)]
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.tile, self.tile), np.float32)
+        return np.concatenate(outputs) if outputs else np.zeros(tiles.shape[:-1], np.float32)
 
-    def predict_scenes(self, scenes: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, np.ndarray]]:
+    def predict_scenes(
+        self, scenes: Iterable[tuple[Any, np.ndarray]]
+    ) -> Iterator[tuple[Any, np.ndarray]]:
         """(key, raw canonical image (H, W, 7)) -> (key, probabilities (H, W)), in input order.
 
         Windows from consecutive scenes share batches; reading (the `scenes` iterable) and
@@ -287,7 +291,8 @@ class Ensemble:
                 scene = _Scene(key, image.shape[0], image.shape[1], self.tile)
                 opened.append(scene)
                 for y, x in scene.windows:
-                    tiles.append(scale_window(image[y : y + self.tile, x : x + self.tile], self.tile))
+                    window = image[y : y + self.tile, x : x + self.tile]
+                    tiles.append(scale_window(window, self.tile))
                     where.append((scene, y, x))
                     if len(tiles) == self.batch_size:
                         yield np.stack(tiles), where
@@ -312,7 +317,9 @@ def _collect(probs, count: int, tag):
     return np.asarray(probs)[:count], tag
 
 
-def load_ensemble(paths: Iterable[str | Path], tta_name: str = "rot4", batch_size: int = 32) -> Ensemble:
+def load_ensemble(
+    paths: Iterable[str | Path], tta_name: str = "rot4", batch_size: int = 32
+) -> Ensemble:
     """The Ensemble of every model the RUN paths name (see best_folders)."""
     members = [load_member(folder) for path in paths for folder in best_folders(path)]
     return Ensemble(members, tta_name, batch_size)
@@ -340,7 +347,7 @@ def write_geotiff(path: Path, array: np.ndarray, georef) -> None:
             dst.write(array, 1)
 
 
-def write_preview(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None) -> None:
+def write_preview(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None):
     """PNG of the RGB bands, the prediction over them and, given, the ground truth (Fig. 2)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
@@ -367,7 +374,9 @@ def _inside(path: Path, folder: Path) -> bool:
 def check_output(input_arg: Path, output: Path, targets: dict[Path, list[Path]]) -> None:
     """Nothing may be written inside --input, nor over an input (links resolved)."""
     if input_arg.is_dir() and _inside(output.resolve(), input_arg.resolve()):
-        raise UserError(f"--output {output}: is inside --input {input_arg}; choose a separate folder")
+        raise UserError(
+            f"--output {output}: is inside --input {input_arg}; choose a separate folder"
+        )
     sources = {source.resolve(): source for source in targets}
     for target in (t for paths in targets.values() for t in paths):
         if target.resolve() in sources:
@@ -384,8 +393,8 @@ def _profile(members: list[Member], bands_arg: str | None) -> tuple[str, ...]:
     trained = {m.config.data.bands for m in members}
     if len(trained) > 1:
         raise ConfigError(
-            f"--bands: the models were trained on different band profiles ({', '.join(sorted(trained))}); "
-            "say which one the input uses"
+            f"--bands: the models were trained on different band profiles "
+            f"({', '.join(sorted(trained))}); say which one the input uses"
         )
     return bands.resolve(trained.pop())
 
@@ -399,16 +408,16 @@ def main(argv=None):
     )
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="RUN",
                         help="best/ folder, fold folder or training workdir (all its folds)")
-    parser.add_argument("--input", required=True, help="a GeoTIFF tile or scene, or a folder of them")
+    parser.add_argument("--input", required=True, help="a GeoTIFF tile or scene, or a folder")
     parser.add_argument("--output", required=True, help="folder for the masks (not inside --input)")
-    parser.add_argument("--tta", choices=tta.NAMES, help="views (default: the models' config, rot4)")
+    parser.add_argument("--tta", choices=tta.NAMES, help="views (default: the config's, rot4)")
     parser.add_argument("--threshold", type=float, help="probability cut (default: config, 0.51)")
     parser.add_argument("--bands", help="band profile of the input (default: the training profile)")
     parser.add_argument("--save-prob", action="store_true", help="also write float32 probabilities")
     parser.add_argument("--preview", action="store_true", help="also write PNG overlays")
     parser.add_argument("--masks", help="folder of ground-truth masks: also score the predictions")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--batch-size", type=int, help="tiles per device call (default: config, 32)")
+    parser.add_argument("--batch-size", type=int, help="tiles per call (default: config, 32)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -435,8 +444,8 @@ def main(argv=None):
     existing = [t for paths in targets.values() for t in paths if t.exists()]
     if existing and not args.overwrite:
         raise UserError(
-            f"--output {output}: {len(existing)} output file(s) exist already (e.g. {existing[0]}); "
-            "pass --overwrite to replace them"
+            f"--output {output}: {len(existing)} output file(s) exist already "
+            f"(e.g. {existing[0]}); pass --overwrite to replace them"
         )
     truth = {}
     if args.masks:

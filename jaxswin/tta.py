@@ -73,7 +73,8 @@ NAMES = tuple(VIEWS)
 
 def get(name: str) -> tuple[View, ...]:
     if name not in VIEWS:
-        raise ConfigError(f"--tta / predict.tta: unknown TTA '{name}' (choices: {', '.join(NAMES)})")
+        choices = ", ".join(NAMES)
+        raise ConfigError(f"--tta / predict.tta: unknown TTA '{name}' (choices: {choices})")
     return VIEWS[name]
 
 

@@ -39,7 +39,9 @@ def test_confusion_counts_match_numpy():
     rng = np.random.default_rng()
     pred, mask = _random(rng, (4, 9, 7, 1), 0.4), _random(rng, (4, 9, 7, 1), 0.3)
     counts = np.asarray(jax.jit(metrics.confusion)(pred, mask))
-    expected = [np.sum(pred & mask), np.sum(pred & ~mask), np.sum(~pred & mask), np.sum(~pred & ~mask)]
+    expected = [
+        np.sum(pred & mask), np.sum(pred & ~mask), np.sum(~pred & mask), np.sum(~pred & ~mask)
+    ]
     np.testing.assert_array_equal(counts, expected)
     assert counts.dtype == np.float32
 

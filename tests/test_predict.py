@@ -45,7 +45,8 @@ def _to_profile(image, profile):
 
 
 def _digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def _random_variables(model_cfg, rng):
@@ -90,7 +91,8 @@ def tiles(tmp_path_factory):
     images = {}
     for i in range(3):
         image = _scene(rng, SIZE, SIZE)
-        _write_tif(root / "images" / f"Image_{i}.tif", _to_profile(image, "pbvs2026"), origin=(1e5 * i, 5e4))
+        stored = _to_profile(image, "pbvs2026")
+        _write_tif(root / "images" / f"Image_{i}.tif", stored, origin=(1e5 * i, 5e4))
         truth = (rng.random((SIZE, SIZE, 1)) < 0.35).astype(np.uint8)
         _write_tif(root / "masks" / f"Mask_{i}.tif", truth, origin=(1e5 * i, 5e4))
         images[f"Image_{i}.tif"] = image
@@ -102,10 +104,20 @@ def _read(path):
         return src.read(1), src.crs, src.transform, src.dtypes[0]
 
 
-def _run_cli(args, capsys):
+def _predict(checkpoint, input_path, output, *options):
+    predict.main(["--checkpoint", checkpoint, "--input", input_path, "--output", output, *options])
+
+
+def _refused(capsys, *args):
+    """Exit status and stderr of a predict command expected to fail."""
     with pytest.raises(SystemExit) as exit_info:
-        predict.main([str(a) for a in args])
+        _predict(*map(str, args))
     return exit_info.value.code, capsys.readouterr().err
+
+
+def _counts(pred, truth):
+    """[tp, fp, fn, tn] of boolean arrays."""
+    return [np.sum(p & t) for p in (pred, ~pred) for t in (truth, ~truth)]
 
 
 def test_finds_the_folds_of_a_run(run_dir):
@@ -114,33 +126,38 @@ def test_finds_the_folds_of_a_run(run_dir):
     assert predict.best_folders(run_dir / "fold1" / "best") == [run_dir / "fold1" / "best"]
 
 
-def test_cli_writes_georeferenced_masks_probabilities_previews_and_scores(run_dir, tiles, tmp_path, capsys):
+def test_cli_writes_georeferenced_masks_probabilities_previews_and_scores(
+    run_dir, tiles, tmp_path, capsys
+):
     root, images = tiles
     before = _digest(root)
     out = tmp_path / "out"
-    predict.main([
-        "--checkpoint", str(run_dir / "fold0"), "--input", str(root / "images"), "--output", str(out),
-        "--tta", "none", "--save-prob", "--preview", "--masks", str(root / "masks"), "--batch-size", "2",
-    ])  # 3 tiles in batches of 2: the last one is padded
+    _predict(
+        str(run_dir / "fold0"), str(root / "images"), str(out), "--tta", "none", "--save-prob",
+        "--preview", "--masks", str(root / "masks"), "--batch-size", "2",
+    )  # 3 tiles in batches of 2: the last one is padded
     assert _digest(root) == before
 
     ensemble = predict.load_ensemble([run_dir / "fold0"], "none", batch_size=2)  # compiled above
     names = sorted(images)
-    expected = ensemble.predict_proba(np.stack([normalize.percentile_scale(images[n]) for n in names]))
+    scaled = np.stack([normalize.percentile_scale(images[n]) for n in names])
+    expected = ensemble.predict_proba(scaled)
     counts = []
     for name, want in zip(names, expected):
         mask, crs, transform, dtype = _read(out / name)
         _, src_crs, src_transform, _ = _read(root / "images" / name)
         assert (crs, transform) == (src_crs, src_transform) and crs is not None
         prob, prob_crs, prob_transform, prob_dtype = _read(out / "prob" / name)
-        assert (prob_crs, prob_transform, dtype, prob_dtype) == (src_crs, src_transform, "uint8", "float32")
+        assert (prob_crs, prob_transform) == (src_crs, src_transform)
+        assert (dtype, prob_dtype) == ("uint8", "float32")
         # One tile is one window: the scene path gives exactly the tile prediction.
         np.testing.assert_allclose(prob, want, atol=1e-6)
         np.testing.assert_array_equal(mask, (prob > THRESHOLD).astype(np.uint8))
-        assert (out / "preview" / name.replace(".tif", ".png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        preview = out / "preview" / name.replace(".tif", ".png")
+        assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         truth = io.read_mask(root / "masks" / name.replace("Image", "Mask")).astype(bool)
         pred = mask.astype(bool)
-        counts.append([np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth), np.sum(~pred & ~truth)])
+        counts.append(_counts(pred, truth))
     tp, fp, fn, tn = np.sum(counts, axis=0)
     scores = json.loads((out / "metrics.json").read_text())
     assert scores["iou_fg"] == pytest.approx(tp / (tp + fp + fn))
@@ -163,22 +180,24 @@ def test_bands_are_matched_by_name(run_dir, tiles, tmp_path):
     root, images = tiles
     for name, image in images.items():
         _write_tif(tmp_path / "v2" / name, _to_profile(image, "mmlsv2"))
-    common = ["--checkpoint", str(run_dir / "fold0"), "--tta", "none", "--save-prob", "--batch-size", "2"]
-    predict.main([*common, "--input", str(root / "images"), "--output", str(tmp_path / "a")])
-    predict.main([*common, "--input", str(tmp_path / "v2"), "--bands", "mmlsv2", "--output", str(tmp_path / "b")])
+    model, options = str(run_dir / "fold0"), ["--tta", "none", "--save-prob", "--batch-size", "2"]
+    _predict(model, str(root / "images"), str(tmp_path / "a"), *options)
+    _predict(model, str(tmp_path / "v2"), str(tmp_path / "b"), *options, "--bands", "mmlsv2")
     for name in images:
-        np.testing.assert_allclose(_read(tmp_path / "b" / "prob" / name)[0], _read(tmp_path / "a" / "prob" / name)[0], atol=1e-6)
+        want = _read(tmp_path / "a" / "prob" / name)[0]
+        np.testing.assert_allclose(_read(tmp_path / "b" / "prob" / name)[0], want, atol=1e-6)
 
 
 def test_scenes_of_any_size_keep_their_size_and_georeference(run_dir, tmp_path):
     rng = np.random.default_rng()
     shapes = {"big.tif": (SIZE + 41, 2 * SIZE - 7), "small.tif": (SIZE // 2 + 3, SIZE - 20)}
     for i, (name, (h, w)) in enumerate(shapes.items()):
-        _write_tif(tmp_path / "in" / name, _to_profile(_scene(rng, h, w), "pbvs2026"), origin=(7e3 * i, 3e3))
-    predict.main([
-        "--checkpoint", str(run_dir / "fold0"), "--input", str(tmp_path / "in"),
-        "--output", str(tmp_path / "out"), "--tta", "none", "--save-prob", "--batch-size", "2",
-    ])
+        stored = _to_profile(_scene(rng, h, w), "pbvs2026")
+        _write_tif(tmp_path / "in" / name, stored, origin=(7e3 * i, 3e3))
+    _predict(
+        str(run_dir / "fold0"), str(tmp_path / "in"), str(tmp_path / "out"),
+        "--tta", "none", "--save-prob", "--batch-size", "2",
+    )
     for name, shape in shapes.items():
         mask, crs, transform, _ = _read(tmp_path / "out" / name)
         prob = _read(tmp_path / "out" / "prob" / name)[0]
@@ -217,9 +236,14 @@ def test_two_devices_give_the_same_probabilities(run_dir, tiles, tmp_path):
         "assert jax.device_count() == 2 and e.batch_size == 4; "
         "np.save(sys.argv[3], e.predict_proba(np.load(sys.argv[2])))"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    files = [str(run_dir / "fold0"), str(tmp_path / "batch.npy"), str(tmp_path / "two.npy")]
     subprocess.run(
-        [sys.executable, "-c", script, str(run_dir / "fold0"), str(tmp_path / "batch.npy"), str(tmp_path / "two.npy")],
+        [sys.executable, "-c", script, *files],
         check=True, env=env, cwd=Path(__file__).resolve().parent.parent,
     )
     one = predict.load_ensemble([run_dir / "fold0"], "none").predict_proba(batch)
@@ -233,11 +257,9 @@ def test_output_inside_input_is_refused(run_dir, tiles, capsys):
     root, _ = tiles
     before = _digest(root)
     for output in (root / "images", root / "images" / "pred"):
-        code, err = _run_cli(["--checkpoint", run_dir, "--input", root / "images", "--output", output], capsys)
+        code, err = _refused(capsys, run_dir, root / "images", output)
         assert code == 2 and "--output" in err and "--input" in err
-    code, err = _run_cli(
-        ["--checkpoint", run_dir, "--input", root / "images" / "Image_0.tif", "--output", root / "images"], capsys
-    )
+    code, err = _refused(capsys, run_dir, root / "images" / "Image_0.tif", root / "images")
     assert code == 2 and "overwrite" in err
     assert _digest(root) == before and not (root / "images" / "pred").exists()
 
@@ -246,7 +268,7 @@ def test_existing_outputs_need_overwrite(run_dir, tiles, tmp_path, capsys):
     root, _ = tiles
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "Image_1.tif").write_bytes(b"earlier result")
-    code, err = _run_cli(["--checkpoint", run_dir, "--input", root / "images", "--output", tmp_path / "out"], capsys)
+    code, err = _refused(capsys, run_dir, root / "images", tmp_path / "out")
     assert code == 2 and "--overwrite" in err and "Image_1.tif" in err
     assert (tmp_path / "out" / "Image_1.tif").read_bytes() == b"earlier result"
 
@@ -257,14 +279,14 @@ def test_checkpoint_lacking_a_file_is_named(run_dir, tiles, tmp_path, capsys, la
     best = tmp_path / "run" / "best"
     shutil.copytree(run_dir / "fold0" / "best", best)
     (best / lacking).unlink()
-    code, err = _run_cli(["--checkpoint", best.parent, "--input", root / "images", "--output", tmp_path / "out"], capsys)
+    code, err = _refused(capsys, best.parent, root / "images", tmp_path / "out")
     assert code == 2 and lacking in err and not (tmp_path / "out").exists()
 
 
 def test_unknown_checkpoint_folder(tiles, tmp_path, capsys):
     root, _ = tiles
     (tmp_path / "empty").mkdir()
-    code, err = _run_cli(["--checkpoint", tmp_path / "empty", "--input", root / "images", "--output", tmp_path / "out"], capsys)
+    code, err = _refused(capsys, tmp_path / "empty", root / "images", tmp_path / "out")
     assert code == 2 and "no trained model" in err
 
 
@@ -277,13 +299,13 @@ def test_bad_tiles_are_named(run_dir, tmp_path, capsys, problem):
     else:
         _write_tif(bad, np.zeros((SIZE, SIZE, 5), np.float32))
     before = _digest(tmp_path / "in")
-    code, err = _run_cli(["--checkpoint", run_dir / "fold0", "--input", tmp_path / "in", "--output", tmp_path / "out"], capsys)
+    code, err = _refused(capsys, run_dir / "fold0", tmp_path / "in", tmp_path / "out")
     assert code == 2 and "Image_bad.tif" in err
     assert ("5 band(s)" in err) if problem == "band_count" else ("TIFF" in err)
     assert _digest(tmp_path / "in") == before
 
 
-MMLS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mmls_v1" / "validation_partition"
+MMLS = Path(__file__).resolve().parents[2] / "shared/datasets/mmls_v1/validation_partition"
 
 
 @pytest.mark.mmls
@@ -295,10 +317,10 @@ def test_real_mmls_v1_tiles_without_georeference(run_dir, tmp_path, capsys):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / image.name).symlink_to(image)
     before = _digest(MMLS / "images")
-    predict.main([
-        "--checkpoint", str(run_dir / "fold0"), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-        "--bands", "mmlsv1", "--tta", "none", "--batch-size", "2", "--masks", str(MMLS / "masks"),
-    ])
+    _predict(
+        str(run_dir / "fold0"), str(tmp_path / "in"), str(tmp_path / "out"), "--bands", "mmlsv1",
+        "--tta", "none", "--batch-size", "2", "--masks", str(MMLS / "masks"),
+    )
     assert _digest(MMLS / "images") == before
     for image in images:
         mask, crs, _, dtype = _read(tmp_path / "out" / image.name)
@@ -307,12 +329,10 @@ def test_real_mmls_v1_tiles_without_georeference(run_dir, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
 
 
-def test_an_existing_output_linked_to_an_input_is_never_overwritten(run_dir, tiles, tmp_path, capsys):
+def test_an_output_linked_to_an_input_is_never_overwritten(run_dir, tiles, tmp_path, capsys):
     root, _ = tiles
     before = _digest(root)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "Image_2.tif").symlink_to(root / "images" / "Image_2.tif")
-    code, err = _run_cli(
-        ["--checkpoint", run_dir, "--input", root / "images", "--output", tmp_path / "out", "--overwrite"], capsys
-    )
+    code, err = _refused(capsys, run_dir, root / "images", tmp_path / "out", "--overwrite")
     assert code == 2 and "would overwrite the input" in err and _digest(root) == before

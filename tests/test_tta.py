@@ -1,4 +1,4 @@
-"""TTA views: inverses, the transformations they claim to be, and agreement on an equivariant model."""
+"""TTA views: their inverses, the transformations they name, an equivariant model's agreement."""
 
 import jax
 import jax.numpy as jnp
