@@ -64,10 +64,11 @@ def best_folders(run: str | Path) -> list[Path]:
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"--checkpoint {run}: no such folder")
-    if run.name == "best" or any((run / name).exists() for name in (WEIGHTS, CONFIG, STATS)):
-        return [run]
     if (run / "best").is_dir():
         return [run / "best"]
+    # A fold folder holds config.toml and stats.json too; only a best/ folder holds weights.
+    if run.name == "best" or (run / WEIGHTS).exists():
+        return [run]
     folds = sorted(
         (p for p in run.glob("fold*") if p.name[4:].isdigit() and (p / "best").is_dir()),
         key=lambda p: int(p.name[4:]),
@@ -356,14 +357,13 @@ def write_preview(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.nda
     panels = [("RGB", None, None), ("prediction", pred, "#ff2a2a")]
     if truth is not None:
         panels.append(("ground truth", truth, "#2aff6a"))
-    fig = Figure(figsize=(3 * len(panels), 3.2), layout="tight")
+    fig = Figure(figsize=(3 * len(panels), 3.2), layout="constrained")
     for ax, (title, overlay, colour) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         ax.imshow(rgb)
         if overlay is not None:
             ax.imshow(np.ma.masked_equal(overlay, 0), cmap=ListedColormap([colour]), alpha=0.45)
         ax.set_title(title)
         ax.axis("off")
-    fig.suptitle(path.stem)
     fig.savefig(path, dpi=100)
 
 

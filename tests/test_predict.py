@@ -78,8 +78,9 @@ def run_dir(tmp_path_factory):
     for fold in range(3):
         best = root / f"fold{fold}" / "best"
         weights.save(best / predict.WEIGHTS, variables)
-        (best / predict.CONFIG).write_text(config.to_toml(cfg))
-        stats.save(best / predict.STATS)
+        for folder in (best, best.parent):  # as jaxswin.train writes them
+            (folder / predict.CONFIG).write_text(config.to_toml(cfg))
+            stats.save(folder / predict.STATS)
     return root
 
 
