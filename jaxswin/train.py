@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax import struct
+from jax.experimental import multihost_utils
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -205,6 +204,10 @@ def init_distributed(args) -> None:
         jax.distributed.initialize(address, int(count), int(index))
     else:
         jax.distributed.initialize()  # cluster auto-detection (SLURM, Open MPI, TPU pods)
+    # Meet once now, while every process is at the same point: CPU collectives (gloo) set up
+    # their communicator at the first collective and give up if a process is 30 s late, which
+    # a process still compiling its model on a busy host can be.
+    multihost_utils.sync_global_devices("jaxswin.train: processes joined")
 
 
 # ----------------------------------------------------------------------------- run folder
