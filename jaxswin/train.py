@@ -411,7 +411,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
 
     bar = tqdm(total=tcfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
                disable=not log.main, desc=f"{fold_dirname(fold)}", unit="step", dynamic_ncols=True,
-               file=sys.stderr, mininterval=1.0)
+               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 60.0)
     for epoch in range(start_epoch, tcfg.epochs):
         epoch_start = time.perf_counter()
         losses_seen, pending, timed_steps, timed_from = [], None, 0, None
