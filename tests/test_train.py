@@ -176,7 +176,7 @@ def test_batch_that_does_not_split_over_devices_is_an_error(tmp_path, cache):
 
 def test_rerun_with_other_settings_refuses_to_mix_runs(reference_run, cache):
     workdir, _ = reference_run
-    result = subprocess.run(train_command(workdir, "--set", "train.lr=1e-3"), cwd=ROOT,
+    result = subprocess.run(train_command(workdir, "--set", "train.lr=5e-4"), cwd=ROOT,
                             env=environment(cache), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "different configuration" in result.stderr
