@@ -311,15 +311,14 @@ class Log:
                 handle.write(json.dumps(record) + "\n")
 
 
-def truncate_log(path: Path, completed_epochs: int, write: bool) -> list[dict]:
+def truncate_log(path: Path, completed_epochs: int) -> list[dict]:
     """Keeps the records of a .jsonl log up to the last completed epoch (a resumed run redoes the
-    rest) and returns them."""
+    rest) and returns them. Process 0 only: it alone writes the logs."""
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     records = [r for r in records if r["epoch"] <= completed_epochs]
-    if write:
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
@@ -347,6 +346,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
             f"{fold_dir} holds a run with a different configuration ({saved_config}); "
             "rerun with the same options to resume it, or choose another --workdir"
         )
+    if jax.process_count() > 1:  # every process has read the saved config before 0 writes it
+        multihost_utils.sync_global_devices("jaxswin.train: run config checked")
     if log.main:
         saved_config.write_text(config_text)
 
@@ -390,8 +391,10 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         state, start_epoch, best = restored, meta["epoch"], meta["best"]
         log(f"resuming {fold_dir} after epoch {start_epoch} (best so far: epoch "
             f"{best.get('epoch')}, {best.get('weights')} weights, mIoU {best['miou']:.4f})")
-    history = truncate_log(fold_dir / "metrics.jsonl", start_epoch, log.main)
-    truncate_log(fold_dir / "steps.jsonl", start_epoch, log.main)
+    history = []
+    if log.main:
+        history = truncate_log(fold_dir / "metrics.jsonl", start_epoch)
+        truncate_log(fold_dir / "steps.jsonl", start_epoch)
     state = jax.device_put(state, placement.replicated)
 
     step_fn = jax.jit(

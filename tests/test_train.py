@@ -112,8 +112,9 @@ def test_two_processes_joined_by_jax_distributed_agree(reference_run, tmp_path, 
         for index in range(2)
     ]
     outputs = [p.communicate(timeout=900) for p in processes]
-    for process, (_, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-4000:]
+    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{err[-3000:]}"
+                       for i, (p, (_, err)) in enumerate(zip(processes, outputs)))
+    assert all(p.returncode == 0 for p in processes), report
     np.testing.assert_allclose(step_losses(tmp_path), step_losses(workdir), rtol=1e-5)
 
 
