@@ -13,7 +13,7 @@ paper's, 128x128 tiles, random weights and inputs) it measures:
   fp32 on the CPU): the same step on experiments/torch_twin.py's model (AdamW, EMA of the weights
   and BatchNorm buffers, BCE(w+) + Dice) and its inference forward.
 
-Per configuration: train-step and inference tiles/s (mean over --steps after --warmup steps),
+Per configuration: train-step and inference tiles/s (median step of --steps after --warmup),
 the first step's wall time (compilation or warm-up included), peak memory (GPU: the framework's
 allocator peak, jax memory_stats / torch max_memory_allocated; CPU: the worker process's peak
 RSS, which includes the framework itself), and for jax the model FLOPs per tile that XLA counts
@@ -33,6 +33,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -96,17 +97,21 @@ def peak_rss_bytes() -> int:
 
 
 def timed(step, warmup: int, steps: int, sync) -> tuple[float, float]:
-    """(first step's seconds, mean seconds of the `steps` after `warmup`) of `step()`."""
+    """(first step's seconds, median seconds of the `steps` after `warmup`) of `step()`.
+
+    Each step is waited for; the median keeps a busy shared machine's stalls out of the figure.
+    """
     start = time.perf_counter()
     sync(step())
     first = time.perf_counter() - start
     for _ in range(warmup - 1):
         sync(step())
-    start = time.perf_counter()
+    seconds = []
     for _ in range(steps):
-        out = step()
-    sync(out)
-    return first, (time.perf_counter() - start) / steps
+        start = time.perf_counter()
+        sync(step())
+        seconds.append(time.perf_counter() - start)
+    return first, statistics.median(seconds)
 
 
 # ----------------------------------------------------------------------------- jax
@@ -203,6 +208,9 @@ def bench_torch(args, mode: str) -> dict:
     cfg = load_config(args)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    # XLA's CPU backend flushes subnormal floats to zero; torch does not by default, and its fp32
+    # steps then slow down many times over as AdamW's moments and the weights go subnormal.
+    torch.set_flush_denormal(True)
     # AMP as the paper trained (fp16 + loss scaling) on CUDA; a CPU has bf16 autocast only.
     amp_dtype = torch.float16 if cuda else torch.bfloat16
     use_amp = mode == "amp" or (mode == "compile" and cuda)

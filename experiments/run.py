@@ -149,7 +149,7 @@ def tta_scores(cfg: config_lib.Config, fold, fold_dir: Path, compute: bool) -> d
     from jaxswin import data as data_lib
     from jaxswin import predict
 
-    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands)
+    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
     _, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
     ensemble = predict.load_ensemble([fold_dir / "best"], cfg.predict.tta, cfg.predict.batch_size)

@@ -20,7 +20,7 @@ from jaxswin.errors import UserError
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "DualSwinFusionSeg.txt"
 TINY_RUN = ["--preset-override", "tiny", "--set", "train.epochs=1",
             "--set", "train.max_steps_per_epoch=1", "--set", "train.batch_size=4",
-            "--set", "train.eval_batch_size=8", "--set", "data.workers=0"]
+            "--set", "train.eval_batch_size=8"]
 
 SWINT_FPN = {"arch": "single", "encoder": "swinv2_tiny_window8_256", "decoder": "fpn"}
 RGB = ["red", "green", "blue"]
