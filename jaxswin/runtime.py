@@ -1,4 +1,4 @@
-"""Process-wide JAX settings shared by the command-line tools."""
+"""Process-wide JAX settings for the command-line tools (the trainer turns them on)."""
 
 from __future__ import annotations
 

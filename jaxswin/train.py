@@ -436,12 +436,12 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
                 timed_from = time.perf_counter()
             elif timed_from is not None:
                 timed_steps += 1
-            rate = timed_steps * tcfg.batch_size / (time.perf_counter() - timed_from) \
-                if timed_steps else 0.0
+            rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses_seen[-1]['loss']:.4f}"
-                            if losses_seen else "...", tiles_s=f"{rate:.1f}", refresh=False)
+                            if losses_seen else "...", tiles_s=f"{rate or 0.0:.1f}", refresh=False)
             bar.update(1)
         losses_seen.append(record_step(log, pending, epoch))
+        train_rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
         train_seconds = time.perf_counter() - epoch_start
 
         scores = {}
@@ -463,8 +463,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
             "loss_scale": losses_seen[-1]["loss_scale"],
             "skipped_steps": sum(not s["finite"] for s in losses_seen),
             "train_seconds": round(train_seconds, 2),
-            "tiles_per_s": round(timed_steps * tcfg.batch_size / (time.perf_counter() - timed_from),
-                                 2) if timed_steps else None,
+            "tiles_per_s": round(train_rate, 2) if train_rate else None,
             **scores,
         }
         improved = scores[kind]["miou"] > best["miou"]
@@ -493,6 +492,11 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     if log.main:
         (fold_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def tiles_per_second(tiles: int, since: float | None) -> float | None:
+    """Training rate from `since` (after the compiling first step) to now; None before it."""
+    return tiles / (time.perf_counter() - since) if tiles else None
 
 
 def record_step(log: Log, step_metrics: dict, epoch: int) -> dict:
