@@ -519,3 +519,23 @@ def test_pretrained_file_of_another_encoder_is_a_config_error(tmp_path):
     weights.save(path, variables, {"model": "swinv2_nano", "in_chans": 3, "img_size": SIZE})
     with pytest.raises(ConfigError, match="swinv2_nano.*swinv2_small_window8_256"):
         models.load_pretrained({}, PAPER, path)
+
+
+def test_norms_use_two_pass_variance_like_torch():
+    """Features with a large mean and a small spread (DEM metres, say; mean 100, spread 0.05): the one-pass
+    E[x^2] - E[x]^2 loses the variance to cancellation in float32, torch's two-pass does not."""
+    rng = np.random.default_rng()
+    x = (100.0 + rng.normal(0.0, 0.05, (2, 4, 4, 8))).astype(np.float32)
+    x64 = x.astype(np.float64)
+
+    ln = swinv2.LayerNorm()
+    y = ln.apply(ln.init(jax.random.key(0), x), x)
+    mean = x64.mean(-1, keepdims=True)
+    want = (x64 - mean) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y), want, atol=2e-3)
+
+    bn = layers.BatchNorm(use_running_average=False)
+    y, _ = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
+    mean = x64.mean((0, 1, 2))
+    want = (x64 - mean) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y), want, atol=2e-3)

@@ -1,7 +1,8 @@
 """Building blocks shared by the fusion modules, decoders and heads.
 
 Everything here follows PyTorch's conventions so that converted torch weights give the same
-numbers: BatchNorm keeps torch's momentum (0.1 for the new batch = 0.9 in flax) and epsilon,
+numbers: BatchNorm keeps torch's momentum (0.1 for the new batch = 0.9 in flax) and epsilon and
+computes the batch variance in two passes as torch does (see swinv2.LayerNorm for why),
 bilinear resizing uses half-pixel centres without antialiasing (F.interpolate(...,
 mode="bilinear", align_corners=False)) and adaptive average pooling uses torch's bins.
 """
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, use_fast_variance=False)
 
 
 class ConvBNReLU(nn.Module):
