@@ -48,7 +48,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
 from jaxswin import config as config_lib
-from jaxswin import evaluate, metrics, models, tta, weights
+from jaxswin import evaluate, metrics, models, runtime, tta, weights
 from jaxswin.data import bands, io, normalize
 from jaxswin.errors import ConfigError, DataError, UserError, cli
 
@@ -423,6 +423,7 @@ def main(argv=None):
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold {args.threshold}: must be a probability in [0, 1]")
+    runtime.enable_compilation_cache()
 
     input_arg, output = Path(args.input), Path(args.output)
     if input_arg.is_dir():

@@ -1,4 +1,5 @@
-"""Process-wide JAX settings for the command-line tools (the trainer turns them on)."""
+"""Process-wide JAX settings for the command-line tools (jaxswin.train and jaxswin.predict turn
+them on)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from jaxswin.data.dataset import cache_dir
 def enable_compilation_cache() -> None:
     """Keeps compiled XLA programs on disk ($JAX_COMPILATION_CACHE_DIR, else
     $JAXSWIN_CACHE/xla, else ~/.cache/jaxswin/xla): a resumed or repeated run skips the
-    minute-long compile of the train step (the cache is keyed by program, devices and flags)."""
+    minute-long compile of the train step or of the prediction ensemble (the cache is keyed by
+    program, devices and flags)."""
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
