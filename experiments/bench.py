@@ -44,8 +44,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-# Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a name found in the device kind.
-KNOWN_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "T4": 65.0}
+# Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a name found in the device kind; the first
+# name that matches counts, so a longer name comes before its prefix (H100 PCIe before H100).
+KNOWN_PEAKS = {
+    "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0,
+    "A100": 312.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0, "A10G": 70.0, "T4": 65.0,
+}
 PRECISIONS = ("fp32", "bf16", "fp16")
 TORCH_MODES = ("eager", "amp", "compile")
 RESULT_TAG = "BENCH_RESULT "
@@ -123,10 +127,10 @@ def bench_jax(args, precision: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jaxswin import models, train
+    from jaxswin import models, runtime, train
 
     cfg = load_config(args)
-    module = models.build(cfg.model, train.PRECISIONS[precision])
+    module = models.build(cfg.model, runtime.PRECISIONS[precision])
     variables = models.init(module, cfg.model, jax.random.key(0))
     steps_per_epoch = 100  # only shapes the LR schedule
     state = train.create_state(module, variables, cfg.train, steps_per_epoch, precision)

@@ -1,6 +1,7 @@
 """Prediction throughput: tiles/s of the paper's ensemble (5 folds x 4 TTA views) on this device.
 
     python -m experiments.bench_predict [--preset paper] [--folds 5] [--tta rot4] [--tiles N]
+        [--precision fp32|bf16|fp16|auto]
 
 Random weights (speed does not depend on them) shared by every fold, random tiles of the
 model's size. Two figures: the device path alone (`Ensemble.predict_proba` on tiles already
@@ -32,6 +33,7 @@ def main(argv=None):
     on_cpu = jax.default_backend() == "cpu"
     parser.add_argument("--tiles", type=int, default=8 if on_cpu else 512)
     parser.add_argument("--batch-size", type=int, default=4 if on_cpu else 32)
+    parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | auto")
     args = parser.parse_args(argv)
 
     cfg = config.load(args.preset)
@@ -42,7 +44,7 @@ def main(argv=None):
         predict.Member(Path(f"random/fold{k}/best"), cfg, stats, variables)
         for k in range(args.folds)
     ]
-    ensemble = predict.Ensemble(members, args.tta, args.batch_size)
+    ensemble = predict.Ensemble(members, args.tta, args.batch_size, args.precision)
     size, views = ensemble.tile, len(ensemble.views)
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(args.tiles, size, size, len(bands.CHANNELS))).astype(np.float32)
@@ -52,7 +54,7 @@ def main(argv=None):
     print(f"device: {jax.device_count()} x {device.platform} ({device.device_kind})")
     print(f"model: {args.preset} ({cfg.model.encoder}, {cfg.model.decoder}), {args.folds} folds x "
           f"{views} views ({args.tta}) = {args.folds * views} forward passes per tile, "
-          f"tile {size}x{size}, batch {ensemble.batch_size}")
+          f"tile {size}x{size}, batch {ensemble.batch_size}, {ensemble.precision}")
 
     start = time.perf_counter()
     ensemble.predict_proba(scaled[: ensemble.batch_size])

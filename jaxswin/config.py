@@ -75,6 +75,8 @@ class PredictConfig:
     tta: str = "rot4"  # none | hflip | vflip | flip2 | rot4 | d4
     threshold: float = 0.51
     batch_size: int = 32
+    # Compute precision of the models' forward passes (the sum over models x views is float32).
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (as train.precision)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ How a file becomes a map:
   probabilities under prob/, ``--preview`` PNG overlays under preview/ (the paper's Fig. 2).
 
 The device side is one jitted function of a fixed batch shape, the batch sharded over all local
-devices; models of one structure share a compiled body and are scanned over with stacked
+devices, the models computing in ``--precision`` (fp32 by default; bf16 is the fast choice on
+GPUs); models of one structure share a compiled body and are scanned over with stacked
 weights. The last batch is padded and the padding discarded. A background thread reads and
 cuts the next batch while the device computes, and one batch stays in flight.
 """
@@ -191,10 +192,13 @@ def _stack(group: list[Member]):
 
 
 @functools.cache
-def _compiled_proba(structures: tuple[config_lib.ModelConfig, ...], tta_name: str, sharding):
+def _compiled_proba(
+    structures: tuple[config_lib.ModelConfig, ...], tta_name: str, sharding, precision: str
+):
     """jit(fn(stacked groups, tiles (B, T, T, 7)) -> mean probability (B, T, T) over models x
     views); cached, so ensembles of the same structures (folds, ablation rows) compile once."""
-    modules, views = [models.build(cfg) for cfg in structures], tta.get(tta_name)
+    dtype = runtime.PRECISIONS[precision]
+    modules, views = [models.build(cfg, dtype) for cfg in structures], tta.get(tta_name)
 
     def proba(stacked, tiles):
         count = sum(len(mean) for _, mean, _ in stacked)
@@ -226,7 +230,13 @@ class Ensemble:
     `predict_scenes(...)` takes raw images of any size and does the windowing.
     """
 
-    def __init__(self, members: list[Member], tta_name: str = "rot4", batch_size: int = 32):
+    def __init__(
+        self,
+        members: list[Member],
+        tta_name: str = "rot4",
+        batch_size: int = 32,
+        precision: str = "fp32",
+    ):
         if not members:
             raise UserError("--checkpoint: no models given")
         sizes = {m.config.model.img_size for m in members}
@@ -234,6 +244,7 @@ class Ensemble:
             listing = ", ".join(f"{m.folder}: {m.config.model.img_size}" for m in members)
             raise UserError(f"--checkpoint: the models expect different tile sizes ({listing})")
         self.members, self.views = members, tta.get(tta_name)
+        self.precision = runtime.resolve_precision(precision)
         self.tile = sizes.pop()
         self.blend = _blend_window(self.tile)
         devices = jax.devices()
@@ -248,7 +259,9 @@ class Ensemble:
             _check_structure(member)
             groups[member.config.model].append(member)
         self._stacked = jax.device_put([_stack(group) for group in groups.values()], replicated)
-        self._proba = _compiled_proba(tuple(groups), tta_name, self.batch_sharding)
+        self._proba = _compiled_proba(
+            tuple(groups), tta_name, self.batch_sharding, self.precision
+        )
 
     def run(self, batches: Iterable[tuple[np.ndarray, Any]]) -> Iterator[tuple[np.ndarray, Any]]:
         """(tiles (n <= batch_size, T, T, 7), tag) -> (probabilities (n, T, T), tag), in order."""
@@ -319,11 +332,14 @@ def _collect(probs, count: int, tag):
 
 
 def load_ensemble(
-    paths: Iterable[str | Path], tta_name: str = "rot4", batch_size: int = 32
+    paths: Iterable[str | Path],
+    tta_name: str = "rot4",
+    batch_size: int = 32,
+    precision: str = "fp32",
 ) -> Ensemble:
     """The Ensemble of every model the RUN paths name (see best_folders)."""
     members = [load_member(folder) for path in paths for folder in best_folders(path)]
-    return Ensemble(members, tta_name, batch_size)
+    return Ensemble(members, tta_name, batch_size, precision)
 
 
 # ----------------------------------------------------------------------------- files
@@ -418,6 +434,9 @@ def main(argv=None):
     parser.add_argument("--masks", help="folder of ground-truth masks: also score the predictions")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, help="tiles per call (default: config, 32)")
+    parser.add_argument("--precision", choices=["auto", *runtime.PRECISIONS],
+                        help="compute precision of the models (default: config, fp32; auto = bf16 "
+                        "on recent GPUs, fp32 on CPU)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -456,11 +475,16 @@ def main(argv=None):
     members = [load_member(folder) for run in args.checkpoint for folder in best_folders(run)]
     first = members[0].config.predict
     channels = _profile(members, args.bands)
-    ensemble = Ensemble(members, args.tta or first.tta, args.batch_size or first.batch_size)
+    ensemble = Ensemble(
+        members,
+        args.tta or first.tta,
+        args.batch_size or first.batch_size,
+        args.precision or first.precision,
+    )
     threshold = first.threshold if args.threshold is None else args.threshold
     print(
         f"{len(members)} model(s) x {len(ensemble.views)} view(s) ({args.tta or first.tta}), "
-        f"tile {ensemble.tile}, threshold {threshold}, {len(inputs)} input(s), "
+        f"tile {ensemble.tile}, {ensemble.precision}, threshold {threshold}, {len(inputs)} input(s), "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
         file=sys.stderr,
     )

@@ -36,9 +36,6 @@ from jaxswin import data as data_lib
 from jaxswin import losses, metrics, models, runtime, weights
 from jaxswin.errors import ConfigError, UserError, cli
 
-PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}
-
-
 # ----------------------------------------------------------------------------- state and steps
 
 
@@ -142,20 +139,6 @@ def eval_step(apply_fn, variables: dict, batch: dict, pos_weight, threshold, *, 
 
 
 # ----------------------------------------------------------------------------- devices
-
-
-def resolve_precision(name: str) -> str:
-    """`auto`: bf16 on GPUs that have it (compute capability >= 8), fp16 on older ones such as
-    the T4, bf16 on TPU, fp32 on CPU."""
-    if name not in ("auto", *PRECISIONS):
-        raise ConfigError(f"--precision {name}: choose one of auto, {', '.join(PRECISIONS)}")
-    if name != "auto":
-        return name
-    device = jax.devices()[0]
-    if device.platform == "gpu":
-        capability = float(getattr(device, "compute_capability", "0") or 0)
-        return "bf16" if capability >= 8.0 else "fp16"
-    return "bf16" if device.platform == "tpu" else "fp32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +334,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     if log.main:
         saved_config.write_text(config_text)
 
-    precision = resolve_precision(tcfg.precision)
+    precision = runtime.resolve_precision(tcfg.precision)
     placement = make_placement(tcfg.batch_size)
     eval_batch_size = math.ceil(tcfg.eval_batch_size / jax.device_count()) * jax.device_count()
 
@@ -370,7 +353,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     if tcfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
 
-    module = models.build(cfg.model, PRECISIONS[precision])
+    module = models.build(cfg.model, runtime.PRECISIONS[precision])
     key = jax.random.key(tcfg.seed)
     init_key, dropout_key = jax.random.split(key)
     variables = models.init(module, cfg.model, init_key)
@@ -554,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=10 (repeatable)")
     parser.add_argument("--pretrained", help="converted SwinV2 weights (convert/timm_to_flax.py)")
-    parser.add_argument("--precision", choices=["auto", *PRECISIONS],
+    parser.add_argument("--precision", choices=["auto", *runtime.PRECISIONS],
                         help="compute precision (default: the preset's, auto = bf16 on recent "
                              "GPUs, fp16 on older ones, fp32 on CPU)")
     group = parser.add_argument_group("multi-host")

@@ -293,3 +293,17 @@ def test_bench_counts_the_models_flops_and_prints_ratios(tmp_path):
     # XLA also counts elementwise work (norms, activations, softmax): a little more than torch.
     assert 1.0 <= jax_row["infer_flops_per_tile"] * 2 / forward.get_total_flops() <= 1.25
     assert 1.0 <= jax_row["train_flops_per_tile"] * 2 / training.get_total_flops() <= 1.25
+
+
+@pytest.mark.parametrize("device, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+    ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0), ("Tesla T4", 65.0), ("cpu", None),
+])
+def test_bench_peak_is_the_devices_own(device, peak):
+    """MFU's denominator: the card's dense bf16 peak, a longer name winning over its prefix."""
+    from experiments import bench
+
+    args = bench.build_parser().parse_args([])
+    assert bench.peak_tflops(args, device) == peak
+    args = bench.build_parser().parse_args(["--peak-tflops", "500"])
+    assert bench.peak_tflops(args, device) == 500.0

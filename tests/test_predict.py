@@ -15,6 +15,7 @@ import rasterio
 
 from jaxswin import config, models, predict, weights
 from jaxswin.data import bands, io, normalize
+from jaxswin.errors import ConfigError
 
 SIZE = 128  # the tiny preset's tile size
 THRESHOLD = 0.51
@@ -174,6 +175,24 @@ def test_ensemble_of_copies_equals_the_single_model(run_dir, tiles):
     assert len(three.members) == 3
     np.testing.assert_allclose(three.predict_proba(batch), single, atol=1e-6)
     assert single.shape == (3, SIZE, SIZE) and np.all((single >= 0) & (single <= 1))
+
+
+def test_bf16_ensemble_is_close_to_fp32(run_dir, tiles, tmp_path, capsys):
+    _, images = tiles
+    batch = np.stack([normalize.percentile_scale(im) for im in images.values()])
+    full = predict.load_ensemble([run_dir / "fold0"], "hflip", 2).predict_proba(batch)
+    half = predict.load_ensemble([run_dir / "fold0"], "hflip", 2, "bf16")
+    assert half.precision == "bf16"
+    half = half.predict_proba(batch)
+    assert half.dtype == np.float32 and 0 < np.abs(half - full).max() < 0.05
+    # The CLI option reaches the ensemble (the log line names the precision).
+    root, _ = tiles
+    _predict(str(run_dir / "fold0"), str(root / "images" / "Image_0.tif"), str(tmp_path / "out"),
+             "--tta", "none", "--precision", "bf16")
+    assert ", bf16," in capsys.readouterr().err
+    assert (tmp_path / "out" / "Image_0.tif").is_file()
+    with pytest.raises(ConfigError, match="'half'.*predict.precision"):
+        predict.load_ensemble([run_dir / "fold0"], "none", 2, "half")
 
 
 def test_bands_are_matched_by_name(run_dir, tiles, tmp_path):
