@@ -484,7 +484,8 @@ def main(argv=None):
     threshold = first.threshold if args.threshold is None else args.threshold
     print(
         f"{len(members)} model(s) x {len(ensemble.views)} view(s) ({args.tta or first.tta}), "
-        f"tile {ensemble.tile}, {ensemble.precision}, threshold {threshold}, {len(inputs)} input(s), "
+        f"tile {ensemble.tile}, {ensemble.precision}, threshold {threshold}, "
+        f"{len(inputs)} input(s), "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
         file=sys.stderr,
     )
