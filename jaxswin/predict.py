@@ -475,18 +475,15 @@ def main(argv=None):
     members = [load_member(folder) for run in args.checkpoint for folder in best_folders(run)]
     first = members[0].config.predict
     channels = _profile(members, args.bands)
+    tta_name = args.tta or first.tta
     ensemble = Ensemble(
-        members,
-        args.tta or first.tta,
-        args.batch_size or first.batch_size,
-        args.precision or first.precision,
+        members, tta_name, args.batch_size or first.batch_size, args.precision or first.precision
     )
     threshold = first.threshold if args.threshold is None else args.threshold
     print(
-        f"{len(members)} model(s) x {len(ensemble.views)} view(s) ({args.tta or first.tta}), "
+        f"{len(members)} model(s) x {len(ensemble.views)} view(s) ({tta_name}), "
         f"tile {ensemble.tile}, {ensemble.precision}, threshold {threshold}, "
-        f"{len(inputs)} input(s), "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s)",
+        f"{len(inputs)} input(s), {jax.device_count()} {jax.devices()[0].platform} device(s)",
         file=sys.stderr,
     )
 
