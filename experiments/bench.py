@@ -44,6 +44,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from jaxswin import config as config_lib
+
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a name found in the device kind; the first
 # name that matches counts, so a longer name comes before its prefix (H100 PCIe before H100).
 KNOWN_PEAKS = {
@@ -62,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m experiments.bench",
         description="Train-step and inference speed of jaxswin and its PyTorch twin on this device.",
     )
-    parser.add_argument("--preset", default="paper", help="model preset (default: paper)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.decoder=fpn")
+    config_lib.add_arguments(parser)  # --preset (default: paper) and --set
     parser.add_argument("--batch", type=int, default=16, help="tiles per step (default 16)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--warmup", type=int, default=3,
@@ -79,12 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the device's peak TFLOP/s for MFU (default: KNOWN_PEAKS by device name)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, run in a subprocess
     return parser
-
-
-def load_config(args):
-    from jaxswin import config as config_lib
-
-    return config_lib.load(args.preset, args.overrides)
 
 
 def random_batch(batch: int, size: int) -> dict[str, np.ndarray]:
@@ -129,7 +123,7 @@ def bench_jax(args, precision: str) -> dict:
 
     from jaxswin import models, parallel, runtime, train
 
-    cfg = load_config(args)
+    cfg = config_lib.from_args(args)
     module = models.build(cfg.model, runtime.PRECISIONS[precision])
     variables = models.init(module, cfg.model, jax.random.key(0))
     steps_per_epoch = 100  # only shapes the LR schedule
@@ -205,7 +199,7 @@ def bench_torch(args, mode: str) -> dict:
 
     from experiments import torch_twin
 
-    cfg = load_config(args)
+    cfg = config_lib.from_args(args)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     # XLA's CPU backend flushes subnormal floats to zero; torch does not by default, and its fp32
@@ -400,7 +394,7 @@ def main(argv=None):
     if measured is None:
         raise SystemExit("error: every configuration failed:\n" +
                          "\n".join(f"  {r['framework']} {r['mode']}: {r['error']}" for r in results))
-    cfg = load_config(args)
+    cfg = config_lib.from_args(args)
     report = {
         "device": measured["device"], "platform": measured["platform"],
         "cpu": measured["cpu"], "cpu_count": measured["cpu_count"], "preset": args.preset,

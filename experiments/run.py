@@ -28,15 +28,13 @@ import csv
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from experiments import tables
 from jaxswin import config as config_lib
-from jaxswin import console, metrics
+from jaxswin import console, metrics, weights
 from jaxswin.errors import ConfigError, UserError, cli
 
 
@@ -60,10 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a preset (e.g. tiny) whose own keys replace the rows' values")
     parser.add_argument("--workdir", default="runs/tables",
                         help="where the runs and tables go (default: runs/tables)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value of every row, e.g. --set train.epochs=10")
+    config_lib.add_arguments(parser, preset=False)  # --set, applied to every row
     parser.add_argument("--pretrained", action="append", default=[], metavar="FILE",
-                        help="converted SwinV2 weights (convert/timm_to_flax.py), repeatable: each "
+                        help="converted SwinV2 weights (jaxswin-convert timm), repeatable: each "
                              "row uses the file of its model.encoder (e.g. give SwinV2-T and -S)")
     return parser
 
@@ -83,16 +80,10 @@ def parse_folds(text: str, num_folds: int) -> list:
 
 def own_keys(preset: str) -> dict:
     """The sections and keys set by the preset file itself (not by its base)."""
-    path = Path(preset)
-    if path.suffix != ".toml" and not path.exists():
-        path = config_lib.presets_dir() / f"{preset}.toml"
     try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--preset-override {preset}: no such preset ({path}; presets: "
-                          f"{', '.join(config_lib.preset_names())})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"--preset-override {preset}: {path} is not valid TOML ({err})") from None
+        table = config_lib.read_toml(config_lib.locate(preset))
+    except ConfigError as err:
+        raise ConfigError(f"--preset-override {preset}: {err}") from None
     return {k: v for k, v in table.items() if k not in ("base", "name")}
 
 
@@ -100,26 +91,20 @@ def row_config(table: tables.Table, row: tables.Row, override: dict,
                args: argparse.Namespace) -> config_lib.Config:
     cfg = config_lib.load(table.config_name(row))
     cfg = config_lib.merge(cfg, override, f"--preset-override {args.preset_override}")
-    overrides = list(args.overrides)
-    if args.bands is not None:
-        overrides.insert(0, f"data.bands={json.dumps(args.bands)}")
-    if args.data is not None:
-        overrides.insert(0, f"data.root={json.dumps(args.data)}")
-    return config_lib.apply_overrides(cfg, overrides)
+    return config_lib.apply_overrides(cfg, config_lib.option_overrides(args))
 
 
 def pretrained_by_encoder(paths: list[str]) -> dict[str, str]:
-    """encoder name -> file, from the timm model name convert/timm_to_flax.py records."""
+    """encoder name -> file, from the timm model name jaxswin-convert timm records."""
     found = {}
     for path in paths:
         try:
-            with safe_open(path, framework="numpy") as handle:
-                encoder = (handle.metadata() or {}).get("model")
-        except (SafetensorError, OSError) as err:
-            raise UserError(f"--pretrained {path}: not a readable .safetensors file ({err})") from None
+            encoder = weights.metadata(path).get("model")
+        except UserError as err:
+            raise UserError(f"--pretrained {err}") from None
         if not encoder:
             raise UserError(f"--pretrained {path}: no SwinV2 model name in its metadata; convert "
-                            "the weights with convert/timm_to_flax.py")
+                            "the weights with jaxswin-convert timm")
         found[encoder] = path
     return found
 

@@ -5,7 +5,7 @@ decoder with its refine conv, dropout and 1x1 head, bilinear upsampling to the i
 layer for layer what ``jaxswin.models.build(model_cfg)`` computes for arch "dual", fusion "concat",
 decoder "unetpp" without attention or deep supervision. Module names mirror the Flax variable
 paths (``decoder.node_0_1.conv1.bn.weight`` <-> ``decoder/node_0_1/conv1/bn/scale``), so
-``convert/twin_to_flax.py`` turns a state dict of this model into jaxswin variables.
+``jaxswin-convert twin`` (convert/twin_to_flax.py) turns a state dict of this model into jaxswin variables.
 
 Inputs and logits are NCHW here (torch's layout); the Flax model is NHWC.
 """
@@ -20,31 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from jaxswin.config import ModelConfig
-from jaxswin.errors import ConfigError
+from jaxswin.convert.from_twin import check_config
 from jaxswin.models import swinv2
-
-# ModelConfig fields the twin implements, with the only values it implements.
-TWIN_VARIANT = {
-    "arch": "dual",
-    "fusion": "concat",
-    "decoder": "unetpp",
-    "deep_supervision": False,
-    "input_attention": "none",
-    "encoder_attention": "none",
-    "decoder_attention": "none",
-}
-
-
-def check_config(model_cfg: ModelConfig) -> None:
-    """ConfigError unless `model_cfg` is the variant the twin implements."""
-    wrong = {
-        key: getattr(model_cfg, key)
-        for key, value in TWIN_VARIANT.items()
-        if getattr(model_cfg, key) != value
-    }
-    if wrong:
-        raise ConfigError(f"the torch twin implements only {TWIN_VARIANT}; this config has {wrong}")
-
 
 def swinv2_features(
     encoder: str, in_chans: int, img_size: int, drop_path_rate: float = 0.0

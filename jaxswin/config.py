@@ -1,19 +1,26 @@
 """Run configuration as data.
 
 A run is described by one :class:`Config` (model, data, train and predict sections). Presets are
-TOML files under ``experiments/configs/``; a preset may name another as its ``base`` and change
-only what differs, so every ablation row is a few lines on top of ``paper.toml``. The command
-line changes single values with ``--set section.key=value`` (the value is read as TOML, so
-``--set train.lr=1e-3``, ``--set model.fusion="eca"`` and ``--set model.bands=["red","dem"]``
-all work; a bare word is taken as a string).
+TOML files shipped in the package (``jaxswin/configs/``: ``paper``, ``tiny``), read with
+importlib.resources; a folder of further presets can be added with :func:`add_presets` (the
+repository's ``experiments`` package adds its table rows, e.g. ``table6/l4``). A preset may name
+another as its ``base`` and change only what differs, so every ablation row is a few lines on top
+of ``paper.toml``. The command line changes single values with ``--set section.key=value`` (the
+value is read as TOML, so ``--set train.lr=1e-3``, ``--set model.fusion="eca"`` and
+``--set model.bands=["red","dem"]`` all work; a bare word is taken as a string);
+:func:`add_arguments` and :func:`from_args` give every CLI the same ``--preset`` and ``--set``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib.resources
+import json
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from jaxswin.errors import ConfigError
@@ -91,13 +98,58 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
 
 
-def presets_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "experiments" / "configs"
+# Folders of presets beyond the package's own, in the order added (see add_presets).
+_EXTRA_PRESETS: list[Path] = []
+
+
+def add_presets(directory: str | Path) -> None:
+    """Makes the .toml files under `directory` loadable by name ("table6/l4" for
+    directory/table6/l4.toml); the package's own presets come first."""
+    directory = Path(directory).resolve()
+    if directory not in _EXTRA_PRESETS:
+        _EXTRA_PRESETS.append(directory)
+
+
+def _preset_roots() -> list[Traversable]:
+    return [importlib.resources.files("jaxswin") / "configs", *_EXTRA_PRESETS]
+
+
+def _toml_names(folder: Traversable, prefix: str = ""):
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            yield from _toml_names(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".toml"):
+            yield prefix + entry.name.removesuffix(".toml")
 
 
 def preset_names() -> list[str]:
-    root = presets_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.toml"))
+    """Every preset name load() accepts, sorted."""
+    return sorted({name for root in _preset_roots() for name in _toml_names(root)})
+
+
+def locate(name_or_path: str) -> Traversable:
+    """The file of a preset name, or the path itself for a .toml path or existing file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        return candidate
+    for root in _preset_roots():
+        preset = root.joinpath(*f"{name_or_path}.toml".split("/"))
+        if preset.is_file():
+            return preset
+    raise ConfigError(
+        f"unknown preset '{name_or_path}' (presets: {', '.join(preset_names())}; or pass a "
+        "path to a .toml file)"
+    )
+
+
+def read_toml(source: Traversable) -> dict:
+    """The TOML table of a config file or preset; a missing or malformed file is a ConfigError."""
+    try:
+        return tomllib.loads(source.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML ({err})") from None
 
 
 def _section_class(section: str) -> type:
@@ -158,40 +210,30 @@ def merge(cfg: Config, table: dict, where: str) -> Config:
     return dataclasses.replace(cfg, **changes)
 
 
-def load_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> Config:
+def load_file(path: str | Path | Traversable, _seen: tuple[str, ...] = ()) -> Config:
     """Reads a TOML config; a top-level `base = "NAME"` starts from that preset."""
-    path = Path(path)
-    if path in _seen:
-        chain = " -> ".join(str(p) for p in (*_seen, path))
-        raise ConfigError(f"{path}: 'base' presets form a cycle ({chain})")
-    try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    source = Path(path) if isinstance(path, str) else path
+    if str(source) in _seen:
+        chain = " -> ".join((*_seen, str(source)))
+        raise ConfigError(f"{source}: 'base' presets form a cycle ({chain})")
+    table = read_toml(source)
     base = table.pop("base", None)
-    cfg = _load(base, (*_seen, path)) if base else Config()
-    table.setdefault("name", path.stem)
-    return merge(cfg, table, str(path))
+    cfg = _load(base, (*_seen, str(source))) if base else Config()
+    table.setdefault("name", source.name.removesuffix(".toml"))
+    return merge(cfg, table, str(source))
 
 
-def _load(name_or_path: str, seen: tuple[Path, ...]) -> Config:
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.exists():
-        return load_file(candidate, seen)
-    preset = presets_dir() / f"{name_or_path}.toml"
-    if not preset.exists():
-        raise ConfigError(
-            f"unknown preset '{name_or_path}': no file {preset} "
-            f"(presets: {', '.join(preset_names())}; or pass a path to a .toml file)"
-        )
-    cfg = load_file(preset, seen)
-    return dataclasses.replace(cfg, name=name_or_path)
+def _load(name_or_path: str, seen: tuple[str, ...]) -> Config:
+    source = locate(name_or_path)
+    cfg = load_file(source, seen)
+    if source == Path(name_or_path):  # a path: the file's own name (or its stem)
+        return cfg
+    return dataclasses.replace(cfg, name=name_or_path)  # a preset is called by its name
 
 
 def load(name_or_path: str = "paper", overrides: typing.Sequence[str] = ()) -> Config:
-    """The preset (name under experiments/configs/ or a path) with `section.key=value` overrides."""
+    """The preset (a name, see preset_names(), or a .toml path) with `section.key=value`
+    overrides applied."""
     return apply_overrides(_load(name_or_path, ()), overrides)
 
 
@@ -216,15 +258,42 @@ def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
     return cfg
 
 
+# Dedicated flags some CLIs have, as the config keys they set (before any --set).
+FLAG_KEYS = {"data": "data.root", "bands": "data.bands", "precision": "train.precision"}
+
+
+def add_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> None:
+    """--preset (listing the presets) and --set, the same on every command."""
+    if preset:
+        parser.add_argument(
+            "--preset", default="paper",
+            help=f"config preset: {', '.join(preset_names())}, or a .toml path "
+                 "(default: paper, the paper's recipe; tiny for a CPU)",
+        )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="change one config value, e.g. --set train.epochs=10 (repeatable; read as TOML)",
+    )
+
+
+def option_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides a command line asks for: its dedicated flags (--data, --bands,
+    --precision, where it has them), then every --set (which wins)."""
+    flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in FLAG_KEYS.items()
+             if getattr(args, flag, None) is not None]
+    return [*flags, *args.overrides]
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """The config a command line made with add_arguments describes."""
+    return load(args.preset, option_overrides(args))
+
+
 def to_dict(cfg: Config) -> dict:
     out = dataclasses.asdict(cfg)
     for section in SECTIONS:
         out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in out[section].items()}
     return out
-
-
-def from_dict(table: dict, where: str = "config") -> Config:
-    return merge(Config(), dict(table), where)
 
 
 def _toml_value(value) -> str:

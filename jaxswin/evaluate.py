@@ -11,13 +11,13 @@ empty-class convention), not a mean over tiles.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from jaxswin import metrics
+from jaxswin import cli as cli_lib
+from jaxswin import console, metrics
 from jaxswin.data import io
 from jaxswin.errors import DataError, cli
 
@@ -85,14 +85,14 @@ def format_table(scores: dict) -> str:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxswin.evaluate",
-        description="Scores of predicted masks against ground-truth masks, over all pixels.",
+    parser = cli_lib.parser(
+        "jaxswin.evaluate", "Scores of predicted masks against ground-truth masks, over all pixels."
     )
     parser.add_argument("--pred", required=True, help="folder of predicted 0/1 masks")
     parser.add_argument("--masks", required=True, help="folder of ground-truth masks")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     args = parser.parse_args(argv)
+    console.setup()  # the data readers' warnings (skipped files) through the one logging path
     scores = evaluate(args.pred, args.masks)
     print(json.dumps(scores, indent=2) if args.json else format_table(scores))
 

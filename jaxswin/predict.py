@@ -35,7 +35,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
-import sys
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -45,13 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
-from tqdm import tqdm
 
+from jaxswin import cli as cli_lib
 from jaxswin import config as config_lib
-from jaxswin import evaluate, metrics, models, parallel, runtime, tta, weights
+from jaxswin import console, evaluate, metrics, models, parallel, runtime, tta, weights
 from jaxswin.data import bands, io, normalize
 from jaxswin.errors import ConfigError, DataError, UserError, cli
 
+log = logging.getLogger("jaxswin.predict")
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.toml", "stats.json"
 OVERLAP = 0.25  # fraction of a window shared with its neighbour in a scene
 
@@ -412,12 +413,12 @@ def _profile(members: list[Member], bands_arg: str | None) -> tuple[str, ...]:
     return bands.resolve(trained.pop())
 
 
-@cli
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxswin.predict",
-        description="Landslide masks from trained runs: models x TTA views averaged, thresholded, "
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli_lib.parser(
+        "jaxswin.predict",
+        "Landslide masks from trained runs: models x TTA views averaged, thresholded, "
         "written as GeoTIFFs with the input's georeferencing.",
+        epilog=cli_lib.band_profiles(),
     )
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="RUN",
                         help="best/ folder, fold folder or training workdir (all its folds)")
@@ -425,7 +426,8 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="folder for the masks (not inside --input)")
     parser.add_argument("--tta", choices=tta.NAMES, help="views (default: the config's, rot4)")
     parser.add_argument("--threshold", type=float, help="probability cut (default: config, 0.51)")
-    parser.add_argument("--bands", help="band profile of the input (default: the training profile)")
+    parser.add_argument("--bands", help="band profile of the input (see below; default: the "
+                                        "training profile)")
     parser.add_argument("--save-prob", action="store_true", help="also write float32 probabilities")
     parser.add_argument("--preview", action="store_true", help="also write PNG overlays")
     parser.add_argument("--masks", help="folder of ground-truth masks: also score the predictions")
@@ -434,7 +436,14 @@ def main(argv=None):
     parser.add_argument("--precision", choices=["auto", *runtime.PRECISIONS],
                         help="compute precision of the models (default: config, fp32; auto = bf16 "
                         "on recent GPUs, fp32 on CPU)")
+    return parser
+
+
+@cli
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
+    console.setup()
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -477,11 +486,10 @@ def main(argv=None):
         members, tta_name, args.batch_size or first.batch_size, args.precision or first.precision
     )
     threshold = first.threshold if args.threshold is None else args.threshold
-    print(
+    log.info(
         f"{len(members)} model(s) x {len(ensemble.views)} view(s) ({tta_name}), "
         f"tile {ensemble.tile}, {ensemble.precision}, threshold {threshold}, "
-        f"{len(inputs)} input(s), {jax.device_count()} {jax.devices()[0].platform} device(s)",
-        file=sys.stderr,
+        f"{len(inputs)} input(s), {jax.device_count()} {jax.devices()[0].platform} device(s)"
     )
 
     for sub in {t.parent for paths in targets.values() for t in paths}:
@@ -493,8 +501,8 @@ def main(argv=None):
             yield (path, georef, image), image
 
     counts = []
-    for (path, georef, image), prob in tqdm(
-        ensemble.predict_scenes(scenes()), total=len(inputs), unit="file", file=sys.stderr
+    for (path, georef, image), prob in console.progress(
+        iterable=ensemble.predict_scenes(scenes()), total=len(inputs), unit="file"
     ):
         pred = (prob > threshold).astype(np.uint8)
         write_geotiff(output / path.name, pred, georef)
@@ -505,7 +513,7 @@ def main(argv=None):
             counts.append(evaluate.tile_counts(pred, mask, str(path)))
         if args.preview:
             write_preview(output / "preview" / f"{path.stem}.png", image, pred, mask)
-    print(f"wrote {len(inputs)} mask(s) to {output}", file=sys.stderr)
+    log.info(f"wrote {len(inputs)} mask(s) to {output}")
     if counts:
         scores = {**metrics.summarize(counts), "tiles": len(counts)}
         (output / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")

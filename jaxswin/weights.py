@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from jaxswin.errors import UserError
 
@@ -48,15 +48,25 @@ def save(path: str | Path, variables: dict, metadata: dict[str, str] | None = No
     tmp.replace(path)
 
 
+def metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a .safetensors file (without reading its tensors)."""
+    return _read(path, lambda handle: dict(handle.metadata() or {}))
+
+
 def load(path: str | Path) -> tuple[dict, dict[str, str]]:
     """Reads a file written by :func:`save`: (nested variables of numpy arrays, metadata)."""
+    flat, meta = _read(path, lambda handle: (
+        {name: handle.get_tensor(name) for name in handle.keys()}, dict(handle.metadata() or {})
+    ))
+    return unflatten(flat), meta
+
+
+def _read(path: str | Path, read):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such weights file")
     try:
-        flat = load_file(str(path))
         with safe_open(str(path), framework="numpy") as handle:
-            metadata = dict(handle.metadata() or {})
+            return read(handle)
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable .safetensors file ({err})") from None
-    return unflatten(flat), metadata

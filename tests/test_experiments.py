@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import experiments
 from experiments import run, tables
 from jaxswin import config as config_lib
 from jaxswin.errors import UserError
@@ -92,7 +93,7 @@ def changes(cfg: config_lib.Config) -> dict:
 
 
 def test_every_row_config_exists_and_every_config_is_a_row():
-    root = config_lib.presets_dir()
+    root = experiments.CONFIGS
     files = {str(p.relative_to(root).with_suffix("")) for p in root.glob("table*/*.toml")}
     rows = {t.config_name(r) for t in tables.TABLES.values() for r in t.rows if r.reproduced}
     assert files == rows

@@ -6,10 +6,9 @@ total on the last line. Shapes are traced abstractly, so full-size models cost n
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 
+from jaxswin import cli as cli_lib
 from jaxswin import config, models
 from jaxswin.errors import cli
 
@@ -31,20 +30,12 @@ def parameter_counts(model_cfg: config.ModelConfig) -> dict[str, int]:
 
 @cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxswin.models", description=__doc__.split("\n")[0]
-    )
+    parser = cli_lib.parser("jaxswin.models", __doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser("summary", help="parameter count per part of the model")
-    summary.add_argument(
-        "--preset", default="paper", help="preset name or .toml path (default: paper)"
-    )
-    summary.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="change one config value, e.g. --set model.decoder=fpn (repeatable)",
-    )
+    config.add_arguments(summary)
     args = parser.parse_args(argv)
-    cfg = config.load(args.preset, args.overrides)
+    cfg = config.from_args(args)
     m = cfg.model
     counts = parameter_counts(m)
     print(f"{cfg.name}: arch {m.arch}, encoder {m.encoder}, fusion {m.fusion}, decoder {m.decoder}")

@@ -473,7 +473,7 @@ def timm_to_flax(
 
 
 def load(path: str | Path) -> tuple[SwinV2, dict]:
-    """(module, variables) from a file written by convert/timm_to_flax.py: the module is built
+    """(module, variables) from a file written by jaxswin-convert timm: the module is built
     from the file's metadata (timm model name, in_chans, img_size)."""
     variables, metadata = weights.load(path)
     try:
@@ -481,8 +481,8 @@ def load(path: str | Path) -> tuple[SwinV2, dict]:
         config, in_chans, img_size = CONFIGS[name], int(in_chans), int(img_size)
     except (KeyError, ValueError) as err:
         raise UserError(
-            f"{path}: not a SwinV2 weights file of convert/timm_to_flax.py (metadata {metadata}, "
-            f"problem: {err!r}); convert the timm weights with that script"
+            f"{path}: not a SwinV2 weights file of jaxswin-convert timm (convert/timm_to_flax.py; "
+            f"metadata {metadata}, problem: {err!r}); convert the timm weights with it"
         ) from None
     expected = variable_shapes(config, in_chans)
     found = {tuple(k.split("/")): v.shape for k, v in weights.flatten(variables).items()}
