@@ -75,6 +75,9 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (quick runs, CI)
+    # AdamW decays: "none" = every parameter (the paper's recipe), "timm" = not norms, biases,
+    # logit scales or the CPB position MLP (timm's rule; see jaxswin.train.decay_mask).
+    decay_mask: str = "none"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
 
+from jaxswin import cli as cli_lib
 from jaxswin import config as config_lib
 from jaxswin import console, losses, metrics, models, parallel, runtime, weights
 from jaxswin import data as data_lib
@@ -57,12 +58,35 @@ def make_schedule(tcfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.S
     )
 
 
+# Parameters timm's recipe never decays besides vectors (norms, biases): SwinV2's attention
+# temperatures and the continuous position bias MLP (whose output is the position table).
+NO_DECAY_NAMES = ("logit_scale", "cpb_")
+DECAY_MASKS = ("none", "timm")
+
+
+def decay_mask(params, rule: str):
+    """Which parameters AdamW decays: None (all: the paper's recipe) for "none"; for "timm",
+    every parameter except those of at most one dimension and those named in NO_DECAY_NAMES,
+    as timm's param_groups_weight_decay with SwinV2's no_weight_decay()."""
+    if rule not in DECAY_MASKS:
+        raise ConfigError(f"train.decay_mask={rule!r}: choose one of {', '.join(DECAY_MASKS)}")
+    if rule == "none":
+        return None
+
+    def decayed(path, leaf) -> bool:
+        name = jax.tree_util.keystr(path)
+        return len(leaf.shape) > 1 and not any(part in name for part in NO_DECAY_NAMES)
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
 def create_state(
     module, variables, tcfg: config_lib.TrainConfig, steps_per_epoch: int, precision: str
 ) -> TrainState:
-    tx = optax.adamw(make_schedule(tcfg, steps_per_epoch), weight_decay=tcfg.weight_decay)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
+    tx = optax.adamw(make_schedule(tcfg, steps_per_epoch), weight_decay=tcfg.weight_decay,
+                     mask=decay_mask(params, tcfg.decay_mask))
     return TrainState.create(
         apply_fn=module.apply,
         params=params,
@@ -243,17 +267,26 @@ def export_best(fold_dir: Path, cfg: config_lib.Config, stats, variables: dict, 
 
 
 class RunLog:
-    """The fold's logs: steps.jsonl, metrics.jsonl and curves.png, written by process 0 only.
+    """The fold's logs: steps.jsonl, metrics.jsonl, curves.png and, if asked for, TensorBoard
+    event files under tensorboard/; written by process 0 only.
 
     Opening it drops the records after the last completed epoch (a resumed run redoes the rest).
     """
 
-    def __init__(self, fold_dir: Path, completed_epochs: int):
+    def __init__(self, fold_dir: Path, completed_epochs: int, tensorboard: bool = False):
         self.fold_dir, self.main = fold_dir, parallel.is_main()
         self.history: list[dict] = []
+        self.writer = None
         if self.main:
             self.history = truncate_log(fold_dir / "metrics.jsonl", completed_epochs)
             truncate_log(fold_dir / "steps.jsonl", completed_epochs)
+        if self.main and tensorboard:
+            from tensorboardX import SummaryWriter
+
+            # On resuming, TensorBoard drops what the interrupted run logged past the last
+            # completed epoch (purge_step), as the .jsonl logs are truncated.
+            purge_step = completed_epochs + 1 if completed_epochs else None
+            self.writer = SummaryWriter(str(fold_dir / "tensorboard"), purge_step=purge_step)
 
     def step(self, epoch: int, step_metrics: dict) -> dict:
         """Fetches one step's metrics from the device, logs and returns them."""
@@ -267,11 +300,30 @@ class RunLog:
         self._append("metrics.jsonl", record)
         if self.main:
             write_curves(self.fold_dir / "curves.png", self.history)
+        if self.writer is not None:
+            for tag, value in epoch_scalars(record).items():
+                self.writer.add_scalar(tag, value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def _append(self, name: str, record: dict) -> None:
         if self.main:
             with open(self.fold_dir / name, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def epoch_scalars(record: dict) -> dict[str, float]:
+    """An epoch record as TensorBoard tags: train/loss, train/lr, ..., raw/miou, ema/f1, ..."""
+    scalars = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            scalars.update({f"{key}/{k}": v for k, v in value.items()})
+        elif key not in ("epoch", "step") and value is not None:
+            scalars[f"train/{key}"] = value
+    return scalars
 
 
 def truncate_log(path: Path, completed_epochs: int) -> list[dict]:
@@ -350,7 +402,7 @@ def initial_state(cfg: config_lib.Config, precision: str, steps_per_epoch: int, 
         variables = models.load_pretrained(variables, cfg.model, pretrained)
     elif cfg.model.encoder != "swinv2_nano":
         log.warning("no --pretrained weights: both encoders start from RANDOM weights. The paper "
-                    "fine-tunes ImageNet SwinV2 weights; convert them with convert/timm_to_flax.py "
+                    "fine-tunes ImageNet SwinV2 weights; convert them with jaxswin-convert timm "
                     "and pass --pretrained FILE.")
     return create_state(module, variables, cfg.train, steps_per_epoch, precision)
 
@@ -467,8 +519,10 @@ def end_epoch(run: FoldRun, manager: ocp.CheckpointManager, state: TrainState, r
     return best
 
 
-def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None) -> dict:
-    """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was started."""
+def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None,
+               tensorboard: bool = False) -> dict:
+    """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was
+    started; `tensorboard` adds event files of the epoch records under fold{K}/tensorboard/."""
     tcfg = cfg.train
     fold_dir = open_run(cfg, fold, workdir)
     precision = runtime.resolve_precision(tcfg.precision)
@@ -483,7 +537,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         train_fn=make_train_step(tcfg, data.steps_per_epoch, placement),
         eval_fn=make_eval_step(state.apply_fn, tcfg.loss, placement),
         dropout_key=dropout_key, pos_weight=jnp.float32(data.stats.pos_weight),
-        threshold=jnp.float32(cfg.predict.threshold), log=RunLog(fold_dir, start_epoch),
+        threshold=jnp.float32(cfg.predict.threshold),
+        log=RunLog(fold_dir, start_epoch, tensorboard),
     )
     state = jax.device_put(state, placement.replicated)
     log.info(describe_run(run, fold, precision))
@@ -497,6 +552,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)), **trained, **scores}
         best = end_epoch(run, manager, state, record, candidates, best)
     bar.close()
+    run.log.close()
     manager.wait_until_finished()
     manager.close()
     summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs}
@@ -544,26 +600,25 @@ def parse_fold(text: str, num_folds: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxswin.train",
-        description="Train DualSwinFusionSeg on one cross-validation fold (or all of them).",
+    parser = cli_lib.parser(
+        "jaxswin.train", "Train DualSwinFusionSeg on one cross-validation fold (or all of them).",
+        epilog="\n".join([cli_lib.presets(), cli_lib.losses(), cli_lib.band_profiles()]),
     )
     parser.add_argument("--fold", required=True,
                         help="fold index 0..num_folds-1, 'all' (every fold in turn) or 'official' "
                              "(the dataset's own train/validation split)")
     parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
-    parser.add_argument("--bands", help="band profile of the files (pbvs2026, mmlsv2, mmlsv1) or a "
+    parser.add_argument("--bands", help="band profile of the files (see below) or a "
                                         "comma-separated list of channel names")
     parser.add_argument("--workdir", help="run folder (default: runs/<preset>)")
-    parser.add_argument("--preset", default="paper",
-                        help="config preset under experiments/configs/ or a .toml path "
-                             "(default: paper; 'tiny' for CPU)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=10 (repeatable)")
-    parser.add_argument("--pretrained", help="converted SwinV2 weights (convert/timm_to_flax.py)")
+    config_lib.add_arguments(parser)
+    parser.add_argument("--pretrained", help="converted SwinV2 weights (jaxswin-convert timm)")
     parser.add_argument("--precision", choices=["auto", *runtime.PRECISIONS],
                         help="compute precision (default: the preset's, auto = bf16 on recent "
                              "GPUs, fp16 on older ones, fp32 on CPU)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files of the epoch records "
+                             "(fold<k>/tensorboard/, beside metrics.jsonl)")
     group = parser.add_argument_group("multi-host")
     group.add_argument("--distributed", action="store_true",
                        help="join a multi-process run detected from the cluster environment")
@@ -574,14 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args) -> config_lib.Config:
-    overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.insert(0, f"data.root={json.dumps(args.data)}")
-    if args.bands is not None:
-        overrides.insert(0, f"data.bands={json.dumps(args.bands)}")
-    if args.precision is not None:
-        overrides.insert(0, f"train.precision={json.dumps(args.precision)}")
-    cfg = config_lib.load(args.preset, overrides)
+    cfg = config_lib.from_args(args)
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise UserError(f"--data {cfg.data.root}: no such directory")
     if args.pretrained and not Path(args.pretrained).is_file():
@@ -600,7 +648,7 @@ def main(argv=None):
     fold = parse_fold(args.fold, cfg.data.num_folds)
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
-    summaries = [train_fold(cfg, f, workdir, args.pretrained) for f in folds]
+    summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard) for f in folds]
     if parallel.is_main():
         print(format_summary(summaries, workdir))  # the run's result, on stdout
     return 0

@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import logging
+import struct
 
 import numpy as np
 import pytest
@@ -42,3 +43,24 @@ def perturb_timm():
         return model
 
     return perturb
+
+
+@pytest.fixture(scope="session")
+def read_tensorboard():
+    """folder -> {tag: {step: value}} of the scalars in its TensorBoard event files, read as
+    TFRecords of Event protos (length, its CRC, the record, its CRC) without TensorBoard."""
+    event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+
+    def read(folder):
+        scalars = {}
+        for path in sorted(folder.glob("events.out.tfevents.*")):
+            data, pos = path.read_bytes(), 0
+            while pos < len(data):
+                (length,) = struct.unpack("<Q", data[pos : pos + 8])
+                event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+                pos += 12 + length + 4
+                for value in event.summary.value:
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+        return scalars
+
+    return read

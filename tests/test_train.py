@@ -64,11 +64,11 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, cache):
     workdir = tmp_path_factory.mktemp("reference")
-    result = run_train(workdir, cache)
+    result = run_train(workdir, cache, 1, "--tensorboard")
     return workdir, result
 
 
-def test_reference_run_leaves_a_complete_run_folder(reference_run):
+def test_reference_run_leaves_a_complete_run_folder(reference_run, read_tensorboard):
     workdir, result = reference_run
     fold = workdir / "fold0"
     for name in ("config.toml", "stats.json", "metrics.jsonl", "steps.jsonl", "curves.png",
@@ -84,6 +84,10 @@ def test_reference_run_leaves_a_complete_run_folder(reference_run):
             assert 0.0 <= record[kind]["miou"] <= 1.0
     best = json.loads((fold / "best" / "metrics.json").read_text())
     assert best["miou"] == max(r[k]["miou"] for r in records for k in ("raw", "ema"))
+    scalars = read_tensorboard(fold / "tensorboard")  # --tensorboard: the same epoch records
+    for kind in ("raw", "ema"):
+        expected = {r["epoch"]: r[kind]["miou"] for r in records}
+        assert scalars[f"{kind}/miou"] == pytest.approx(expected)
     assert "finished" in result.stdout and "mIoU" in result.stdout
     assert "epoch   2/2" in result.stderr
 

@@ -1,0 +1,66 @@
+"""A fold's logs: metrics.jsonl, curves.png and the optional TensorBoard event files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxswin.train import RunLog
+
+
+def record(epoch, rng):
+    scores = {kind: {"miou": rng.random(), "f1": rng.random(), "loss": rng.random()}
+              for kind in ("raw", "ema")}
+    return {"epoch": epoch, "step": 3 * epoch, "loss": rng.random(), "lr": 1e-3 * rng.random(),
+            "loss_scale": 1.0, "skipped_steps": 0, "train_seconds": 2.5, "tiles_per_s": None,
+            **scores}
+
+
+def test_epochs_reach_jsonl_curves_and_tensorboard(tmp_path, read_tensorboard):
+    rng = np.random.default_rng()
+    records = [record(epoch, rng) for epoch in (1, 2, 3)]
+    log = RunLog(tmp_path, completed_epochs=0, tensorboard=True)
+    for r in records:
+        log.epoch(r)
+    log.close()
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    scalars = read_tensorboard(tmp_path / "tensorboard")
+    for r in records:
+        for kind in ("raw", "ema"):
+            for key in ("miou", "f1", "loss"):
+                assert scalars[f"{kind}/{key}"][r["epoch"]] == pytest.approx(r[kind][key])
+        assert scalars["train/loss"][r["epoch"]] == pytest.approx(r["loss"])
+        assert scalars["train/lr"][r["epoch"]] == pytest.approx(r["lr"], rel=1e-6)
+    assert "train/tiles_per_s" not in scalars  # None (no timed step) is not a value
+    assert "train/epoch" not in scalars and "train/step" not in scalars
+
+
+def test_resumed_log_keeps_completed_epochs_only(tmp_path, read_tensorboard):
+    rng = np.random.default_rng()
+    first = RunLog(tmp_path, completed_epochs=0, tensorboard=True)
+    for epoch in (1, 2):
+        first.epoch(record(epoch, rng))
+    first.close()
+    (tmp_path / "steps.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+
+    redo = record(2, rng)
+    resumed = RunLog(tmp_path, completed_epochs=1, tensorboard=True)
+    assert [r["epoch"] for r in resumed.history] == [1]
+    assert (tmp_path / "steps.jsonl").read_text() == '{"epoch": 1}\n'
+    resumed.epoch(redo)
+    resumed.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    # The newest event file holds the redone epoch (TensorBoard purges the older one's).
+    assert read_tensorboard(tmp_path / "tensorboard")["raw/miou"][2] == \
+        pytest.approx(redo["raw"]["miou"])
+
+
+def test_without_tensorboard_no_event_files(tmp_path):
+    log = RunLog(tmp_path, completed_epochs=0)
+    log.epoch(record(1, np.random.default_rng()))
+    log.close()
+    assert not (tmp_path / "tensorboard").exists()
