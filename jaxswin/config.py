@@ -51,6 +51,8 @@ class DataConfig:
     # Leave the geometric warp of the augmentation to the training step on the device: the
     # host then only shuffles, flips and colours (~2x the tiles/s of a host warp on 2 cores).
     device_warp: bool = True
+    # A band profile the pixels contradict (jaxswin.data.inspect): error | warn | off.
+    band_check: str = "error"
 
 
 @dataclass(frozen=True)
