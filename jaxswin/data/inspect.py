@@ -9,8 +9,9 @@ bands are inferred from physical relations between them, never from names or met
   the atan, so tiles without georeference (MMLS v1) or DEMs in other units are judged alike;
   the ordered pair (DEM, slope) with the highest ρ is taken.
 - colour bands agree with each other: of the other five bands, the three with the highest mean
-  mutual correlation are red, green and blue. Green is the middle one (it correlates best with
-  both others); red is brighter than blue (Mars is red) in raw, unnormalised bands.
+  mutual correlation are red, green and blue. Green is the middle one: it correlates best with
+  both others, and its brightness lies between theirs (two votes per tile); red is brighter
+  than blue (Mars is red) in raw, unnormalised bands.
 - gray is an image of the same ground: it is close to a linear mix of R, G, B (least-squares
   R²) and it shows the relief's shading: sunlit slopes bright, shadowed ones dark, so the
   direction of the DEM's gradient explains it beyond the gradient's magnitude (the R² of a fit
