@@ -53,6 +53,7 @@ log = logging.getLogger("jaxswin.data")
 NUM_BANDS = len(bands.CHANNELS)
 MODES = ("error", "warn", "off")
 WINDOW = 128  # side of the windows sampled from a scene
+WINDOWS_PER_SCENE = 16  # windows read from each scene when every file is read
 MIN_VALID = 256  # valid pixels a tile needs to count as evidence
 MAX_PIXELS = 4096  # pixels per tile the statistics use
 EXTREME = 3.0e38  # |value| at float32's extremes: nodata, declared or not
@@ -147,8 +148,10 @@ def read_sample(files: Sequence[Path], count: int = 32) -> Sample:
         files_read = files
     tiles, dtypes, pixel_size = [], (), None
     extremes = np.zeros(NUM_BANDS, np.int64)
+    # Scenes share the budget of `count` windows (a few each at least).
+    per_scene = max(4, -(-count // max(len(files_read), 1))) if count > 0 else WINDOWS_PER_SCENE
     for path in files_read:
-        got, file_dtypes, size = _read_file(path, max(count, 1))
+        got, file_dtypes, size = _read_file(path, per_scene)
         for tile in got:
             # +-3.4e38 is GDAL's habitual nodata; files that do not declare it still mean it.
             extreme = np.abs(tile) >= EXTREME
@@ -161,7 +164,8 @@ def read_sample(files: Sequence[Path], count: int = 32) -> Sample:
 
 def band_stats(sample: Sample) -> list[dict]:
     """Per band: min, max, mean, std over the valid pixels, nodata share, dtype."""
-    pixels = np.concatenate([t.reshape(-1, NUM_BANDS) for t in sample.tiles])
+    pixels = np.concatenate([t.reshape(-1, NUM_BANDS) for t in sample.tiles]
+                            or [np.full((1, NUM_BANDS), np.nan, np.float32)])
     rows = []
     for band in range(NUM_BANDS):
         values = pixels[:, band]
@@ -463,6 +467,21 @@ def judge(inference: Inference, channels: Sequence[str]) -> Verdict:
     return Verdict("contradicted" if strong else "uncertain", tuple(differences))
 
 
+def score(ev: Evidence, channels: Sequence[str]) -> dict[str, float]:
+    """The evidence as a band order `channels` reads it: how well its slope follows its DEM
+    (rho), its colour bands agree (r), its gray is a colour mix and shows shading (R²)."""
+    at = {role: channels.index(role) for role in bands.CHANNELS}
+    colour = [at[c] for c in bands.RGB]
+    corr = ev.median("corr")
+    pairs = itertools.combinations(colour, 2)
+    return {
+        "rho": float(ev.median("slope_rho")[at["dem"], at["slope"]]),
+        "colour_r": float(np.mean([corr[a, b] for a, b in pairs])),
+        "gray_mix_r2": float(_nanmedian(ev.mix_r2(at["gray"], colour))),
+        "gray_shading_r2": float(ev.median("shading_r2")[at["gray"], at["dem"]]),
+    }
+
+
 def profile_name(channels: Sequence[str]) -> str:
     """A known profile's name, or the comma-separated channel list."""
     for name, order in bands.PROFILES.items():
@@ -487,6 +506,7 @@ class Report:
     evidence: Evidence
     inference: Inference
     verdicts: dict[str, Verdict]  # per known profile, plus a declared one
+    scores: dict[str, dict[str, float]]  # the same, see score()
 
     def format(self, where: str) -> str:
         s = self.sample
@@ -510,9 +530,14 @@ class Report:
             lines.append(f"band order the evidence shows: {','.join(self.inference.order)}"
                          + (f" (profile {inferred})" if inferred in bands.PROFILES else
                             " (no known profile)"))
+        lines.append("profiles (as each reads the bands: slope~|grad DEM| rho, colour r, gray "
+                     "R² as colour mix / shading):")
         for name, verdict in self.verdicts.items():
             detail = f": {'; '.join(verdict.differences)}" if verdict.differences else ""
-            lines.append(f"  {name:<10} {verdict.status}{detail}")
+            got = self.scores[name]
+            lines.append(f"  {name:<10} rho {got['rho']:5.2f}  r {got['colour_r']:5.2f}  R² "
+                         f"{got['gray_mix_r2']:4.2f} / {got['gray_shading_r2']:5.2f}  "
+                         f"{verdict.status}{detail}")
         return "\n".join(lines)
 
 
@@ -524,7 +549,8 @@ def inspect(sample: Sample, declared: Sequence[str] | None = None) -> Report:
     if declared is not None:
         candidates.setdefault(profile_name(declared), tuple(declared))
     return Report(sample, ev, inference,
-                  {name: judge(inference, order) for name, order in candidates.items()})
+                  {name: judge(inference, order) for name, order in candidates.items()},
+                  {name: score(ev, order) for name, order in candidates.items()})
 
 
 def _checked_mode(mode: str) -> str:
