@@ -201,3 +201,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         data_main(["inspect", str(tmp_path / "rgb.tif")])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "3 band(s)" in err
+
+
+def test_a_single_tile_is_judged_on_its_quadrants(synthetic_root):
+    files = inspect_lib.input_files(synthetic_root)
+    for index in np.random.default_rng().choice(len(files), 3, replace=False):
+        report = inspect_lib.inspect(inspect_lib.read_sample([files[index]]))
+        order = report.inference.order
+        assert report.inference.tiles == 4 and order is not None, files[index]
+        truth = bands.PROFILES["pbvs2026"]
+        for role in ("dem", "slope"):
+            assert order.index(role) == truth.index(role), (files[index], order)
+        assert {order[truth.index(c)] for c in bands.RGB} == set(bands.RGB), (files[index], order)

@@ -58,6 +58,7 @@ MIN_VALID = 256  # valid pixels a tile needs to count as evidence
 MAX_PIXELS = 4096  # pixels per tile the statistics use
 EXTREME = 3.0e38  # |value| at float32's extremes: nodata, declared or not
 MIN_TILES = 3  # tiles with evidence needed to judge at all
+FEW_TILES = 8  # samples with fewer tiles are judged on their quadrants
 # A step is strong when its best choice beats the runner-up by these margins.
 MIN_SLOPE_RHO, SLOPE_MARGIN = 0.5, 0.1
 MIN_COLOUR_R, COLOUR_MARGIN = 0.5, 0.1
@@ -277,9 +278,21 @@ def _tile_statistics(tile: np.ndarray, pixel_size: float | None):
     return corr[:NUM_BANDS, :NUM_BANDS], rho, error, shading, values.mean(0)
 
 
+def _quadrants(tile: np.ndarray) -> list[np.ndarray]:
+    half_rows, half_cols = tile.shape[0] // 2, tile.shape[1] // 2
+    return [tile[r : r + half_rows, c : c + half_cols]
+            for r in (0, half_rows) for c in (0, half_cols)]
+
+
 def evidence(sample: Sample) -> Evidence:
-    """The per-tile statistics of every tile with enough valid pixels."""
-    rows = [s for t in sample.tiles if (s := _tile_statistics(t, sample.pixel_size)) is not None]
+    """The per-tile statistics of every tile with enough valid pixels.
+
+    A sample of a few tiles (one file, say) is judged on their quadrants: the votes need tiles.
+    """
+    tiles = sample.tiles
+    if len(tiles) < FEW_TILES:
+        tiles = [part for tile in tiles for part in _quadrants(tile)]
+    rows = [s for t in tiles if (s := _tile_statistics(t, sample.pixel_size)) is not None]
     if not rows:
         empty = np.zeros((0, NUM_BANDS, NUM_BANDS))
         return Evidence(empty, empty, empty, empty, np.zeros((0, NUM_BANDS)), sample.pixel_size)
@@ -491,8 +504,15 @@ def profile_name(channels: Sequence[str]) -> str:
 
 
 def fitting_profile(inference: Inference) -> str | None:
-    """The known profile the inferred order is, else the inferred order as a channel list."""
-    return None if inference.order is None else profile_name(inference.order)
+    """The known profile the inferred order is; else one that differs from it only where the
+    evidence is weak; else the inferred order as a channel list (None when undetermined)."""
+    if inference.order is None:
+        return None
+    for status in ("fits", "uncertain"):
+        for name, order in bands.PROFILES.items():
+            if judge(inference, order).status == status:
+                return name
+    return profile_name(inference.order)
 
 
 # ----------------------------------------------------------------------------- the check
@@ -523,13 +543,15 @@ class Report:
                 lines.append(f"     band {row['band']}: {row['extremes']} value(s) at float32's "
                              "extremes (+-3.4e38), an undeclared nodata value: counted as nodata")
         lines += self.inference.lines
-        inferred = fitting_profile(self.inference)
-        if inferred is None:
+        fits = fitting_profile(self.inference)
+        if fits is None:
             lines.append(f"band order: undetermined ({self.inference.reason})")
         else:
-            lines.append(f"band order the evidence shows: {','.join(self.inference.order)}"
-                         + (f" (profile {inferred})" if inferred in bands.PROFILES else
-                            " (no known profile)"))
+            order = ",".join(self.inference.order)
+            known = (f"profile {fits}" if fits == profile_name(self.inference.order) else
+                     f"closest known profile {fits}, which differs only where the evidence is "
+                     "weak" if fits in bands.PROFILES else "no known profile")
+            lines.append(f"band order the evidence shows: {order} ({known})")
         lines.append("profiles (as each reads the bands: slope~|grad DEM| rho, colour r, gray "
                      "R² as colour mix / shading):")
         for name, verdict in self.verdicts.items():
