@@ -203,13 +203,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "3 band(s)" in err
 
 
-def test_a_single_tile_is_judged_on_its_quadrants(synthetic_root):
+def test_a_single_tile_is_judged_on_its_quadrants_and_never_stops_a_run(synthetic_root):
     files = inspect_lib.input_files(synthetic_root)
-    for index in np.random.default_rng().choice(len(files), 3, replace=False):
-        report = inspect_lib.inspect(inspect_lib.read_sample([files[index]]))
-        order = report.inference.order
-        assert report.inference.tiles == 4 and order is not None, files[index]
-        truth = bands.PROFILES["pbvs2026"]
-        for role in ("dem", "slope"):
-            assert order.index(role) == truth.index(role), (files[index], order)
-        assert {order[truth.index(c)] for c in bands.RGB} == set(bands.RGB), (files[index], order)
+    truth = bands.PROFILES["pbvs2026"]
+    rng = np.random.default_rng()
+    for index in rng.choice(len(files), 3, replace=False):
+        sample = inspect_lib.read_sample([files[index]])
+        report = inspect_lib.inspect(sample)
+        assert report.inference.tiles == 4 and not any(report.inference.strong.values())
+        assert report.verdicts["pbvs2026"].status != "contradicted", files[index]
+        shuffled = _shuffled(sample, rng.permutation(len(truth)))
+        # Shuffled or not, one tile is too little evidence to stop a run: a warning at most.
+        assert inspect_lib.check_sample(shuffled, truth, "error").status != "contradicted"
