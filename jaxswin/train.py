@@ -330,6 +330,8 @@ class FoldData:
 def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
     """Reads the dataset, splits off the fold and fits the statistics on its training tiles."""
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
+    data_lib.inspect.check([s.image for s in dataset.samples], dataset.channels,
+                           cfg.data.band_check, f"the tiles under {dataset.root}")
     images, masks = dataset.load()
     train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
@@ -554,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
     parser.add_argument("--bands", help="band profile of the files (pbvs2026, mmlsv2, mmlsv1) or a "
                                         "comma-separated list of channel names")
+    parser.add_argument("--band-check", choices=data_lib.inspect.MODES,
+                        help="a band profile the pixels contradict: stop (error, the default), "
+                             "warn and go on, or skip the check (off)")
     parser.add_argument("--workdir", help="run folder (default: runs/<preset>)")
     parser.add_argument("--preset", default="paper",
                         help="config preset under experiments/configs/ or a .toml path "
@@ -579,6 +584,8 @@ def load_config(args) -> config_lib.Config:
         overrides.insert(0, f"data.root={json.dumps(args.data)}")
     if args.bands is not None:
         overrides.insert(0, f"data.bands={json.dumps(args.bands)}")
+    if args.band_check is not None:
+        overrides.insert(0, f"data.band_check={json.dumps(args.band_check)}")
     if args.precision is not None:
         overrides.insert(0, f"train.precision={json.dumps(args.precision)}")
     cfg = config_lib.load(args.preset, overrides)

@@ -2,13 +2,16 @@
 
 import dataclasses
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 
-from jaxswin.data import bands, synthetic
+from jaxswin import config, predict, train, weights
+from jaxswin.data import bands, normalize, synthetic
 from jaxswin.data import inspect as inspect_lib
 from jaxswin.data.__main__ import main as data_main
 from jaxswin.errors import ConfigError, DataError
@@ -215,3 +218,47 @@ def test_a_single_tile_is_judged_on_its_quadrants_and_never_stops_a_run(syntheti
         shuffled = _shuffled(sample, rng.permutation(len(truth)))
         # Shuffled or not, one tile is too little evidence to stop a run: a warning at most.
         assert inspect_lib.check_sample(shuffled, truth, "error").status != "contradicted"
+
+
+def test_train_cli_option_sets_the_config_key():
+    args = train.build_parser().parse_args(["--fold", "0", "--band-check", "warn"])
+    assert train.load_config(args).data.band_check == "warn"
+
+
+def test_training_with_the_wrong_profile_stops_before_it_starts(synthetic_root, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "jaxswin.train", "--fold", "0", "--preset", "tiny",
+         "--data", str(synthetic_root), "--bands", "mmlsv2", "--workdir", str(tmp_path / "run"),
+         "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: band check:") and "fit pbvs2026" in last, run.stderr[-2000:]
+    assert not (tmp_path / "run" / "fold0" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def fake_checkpoint(tmp_path_factory):
+    """A best/ folder that loads (config, stats, weights) but is no model: the band check comes
+    before the model is built, so a run that passes it fails later on the weights instead."""
+    best = tmp_path_factory.mktemp("run") / "best"
+    best.mkdir()
+    (best / "config.toml").write_text(config.to_toml(config.load("tiny")))
+    normalize.Stats(channels=bands.CHANNELS, mean=(0.5,) * 7, std=(0.2,) * 7,
+                    pos_weight=1.0).save(best / "stats.json")
+    weights.save(best / "model.safetensors", {"params": {"unused": np.zeros(1, np.float32)}})
+    return best
+
+
+@pytest.mark.parametrize("check, stops", [("error", True), ("off", False)])
+def test_prediction_with_the_wrong_profile_stops_naming_the_right_one(
+    synthetic_root, fake_checkpoint, tmp_path, capsys, check, stops
+):
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--checkpoint", str(fake_checkpoint), "--input",
+                      str(synthetic_root / "train" / "images"), "--output", str(tmp_path),
+                      "--bands", "mmlsv2", "--band-check", check])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert ("band check" in err and "fit pbvs2026" in err) == stops, err
