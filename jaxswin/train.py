@@ -330,8 +330,6 @@ class FoldData:
 def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
     """Reads the dataset, splits off the fold and fits the statistics on its training tiles."""
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
-    data_lib.inspect.check([s.image for s in dataset.samples], dataset.channels,
-                           cfg.data.band_check, f"the tiles under {dataset.root}")
     images, masks = dataset.load()
     train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
@@ -472,6 +470,8 @@ def end_epoch(run: FoldRun, manager: ocp.CheckpointManager, state: TrainState, r
 def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None) -> dict:
     """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was started."""
     tcfg = cfg.train
+    # Before the run folder is written: a rerun with the profile it names must not be refused.
+    data_lib.inspect.check_dataset(cfg.data.root or None, cfg.data.bands, cfg.data.band_check)
     fold_dir = open_run(cfg, fold, workdir)
     precision = runtime.resolve_precision(tcfg.precision)
     placement = parallel.training_placement(tcfg.batch_size)

@@ -46,6 +46,7 @@ from rasterio.windows import Window
 from scipy import stats as scipy_stats
 
 from jaxswin.data import bands, io
+from jaxswin.data.dataset import open_dataset
 from jaxswin.errors import ConfigError, DataError
 
 log = logging.getLogger("jaxswin.data")
@@ -595,6 +596,16 @@ def check(files: Sequence[Path], channels: Sequence[str], mode: str = "error",
     if _checked_mode(mode) == "off":
         return None
     return check_sample(read_sample(files, count), channels, mode, where)
+
+
+def check_dataset(root: str | None, channels_spec: str, mode: str = "error") -> Verdict | None:
+    """:func:`check` on the labelled dataset `root` (None: the synthetic one) with bands
+    `channels_spec`, as :func:`jaxswin.data.open_dataset` opens it."""
+    if _checked_mode(mode) == "off":
+        return None
+    dataset = open_dataset(root, channels_spec)  # listing only: the tile size does not matter
+    return check([sample.image for sample in dataset.samples], dataset.channels, mode,
+                 f"the tiles under {dataset.root}")
 
 
 def check_sample(sample: Sample, channels: Sequence[str], mode: str = "error",
