@@ -58,6 +58,8 @@ class DataConfig:
     # Leave the geometric warp of the augmentation to the training step on the device: the
     # host then only shuffles, flips and colours (~2x the tiles/s of a host warp on 2 cores).
     device_warp: bool = True
+    # A band profile the pixels contradict (jaxswin.data.inspect): error | warn | off.
+    band_check: str = "error"
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
 
 
 # Dedicated flags some CLIs have, as the config keys they set (before any --set).
-FLAG_KEYS = {"data": "data.root", "bands": "data.bands", "precision": "train.precision"}
+FLAG_KEYS = {"data": "data.root", "bands": "data.bands", "band_check": "data.band_check",
+             "precision": "train.precision"}
 
 
 def add_arguments(parser: argparse.ArgumentParser, preset: bool = True) -> None:

@@ -49,7 +49,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from jaxswin import cli as cli_lib
 from jaxswin import config as config_lib
 from jaxswin import console, evaluate, metrics, models, parallel, runtime, tta, weights
-from jaxswin.data import bands, io, normalize
+from jaxswin.data import bands, inspect, io, normalize
 from jaxswin.errors import ConfigError, DataError, UserError, cli
 
 log = logging.getLogger("jaxswin.predict")
@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="probability cut (default: config, 0.51)")
     parser.add_argument("--bands", help="band profile of the input (see below; default: the "
                                         "training profile)")
+    parser.add_argument("--band-check", choices=inspect.MODES,
+                        help="a band profile the pixels contradict: stop (error), warn and go on, "
+                        "or skip the check (off) (default: the run's data.band_check)")
     parser.add_argument("--save-prob", action="store_true", help="also write float32 probabilities")
     parser.add_argument("--preview", action="store_true", help="also write PNG overlays")
     parser.add_argument("--masks", help="folder of ground-truth masks: also score the predictions")
@@ -481,6 +484,8 @@ def main(argv=None):
     members = [load_member(folder) for run in args.checkpoint for folder in best_folders(run)]
     first = members[0].config.predict
     channels = _profile(members, args.bands)
+    inspect.check(inputs, channels, args.band_check or members[0].config.data.band_check,
+                  f"the files of --input {input_arg}")
     tta_name = args.tta or first.tta
     ensemble = Ensemble(
         members, tta_name, args.batch_size or first.batch_size, args.precision or first.precision

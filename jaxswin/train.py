@@ -524,6 +524,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was
     started; `tensorboard` adds event files of the epoch records under fold{K}/tensorboard/."""
     tcfg = cfg.train
+    # Before the run folder is written: a rerun with the profile it names must not be refused.
+    data_lib.inspect.check_dataset(cfg.data.root or None, cfg.data.bands, cfg.data.band_check)
     fold_dir = open_run(cfg, fold, workdir)
     precision = runtime.resolve_precision(tcfg.precision)
     placement = parallel.training_placement(tcfg.batch_size)
@@ -610,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
     parser.add_argument("--bands", help="band profile of the files (see below) or a "
                                         "comma-separated list of channel names")
+    parser.add_argument("--band-check", choices=data_lib.inspect.MODES,
+                        help="a band profile the pixels contradict: stop (error, the default), "
+                             "warn and go on, or skip the check (off)")
     parser.add_argument("--workdir", help="run folder (default: runs/<preset>)")
     config_lib.add_arguments(parser)
     parser.add_argument("--pretrained", help="converted SwinV2 weights (jaxswin-convert timm)")

@@ -12,10 +12,10 @@
 
 Modules: bands (channel names, profiles), io (reading tiles and masks), dataset (layouts,
 pairing), normalize (P1-P99 scaling, z-score stats), augment (Table 4), folds, loader (grain),
-synthetic (the embedded dataset).
+synthetic (the embedded dataset), inspect (band statistics and the band check).
 """
 
-from jaxswin.data import augment, bands, folds, io, loader, normalize, synthetic
+from jaxswin.data import augment, bands, folds, inspect, io, loader, normalize, synthetic
 from jaxswin.data.dataset import Dataset, Sample, open_dataset
 from jaxswin.data.normalize import Stats, percentile_scale, split_streams
 
@@ -26,6 +26,7 @@ __all__ = [
     "augment",
     "bands",
     "folds",
+    "inspect",
     "io",
     "loader",
     "normalize",
