@@ -11,6 +11,7 @@ all work; a bare word is taken as a string).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ class DataConfig:
     # Leave the geometric warp of the augmentation to the training step on the device: the
     # host then only shuffles, flips and colours (~2x the tiles/s of a host warp on 2 cores).
     device_warp: bool = True
+    # Tiles of another size than model.img_size are resized to it on loading (bilinear images,
+    # nearest-neighbour masks), as the paper does; false makes such a tile an error.
+    resize: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,12 +109,19 @@ def _section_class(section: str) -> type:
     return hints[section]
 
 
+def _did_you_mean(name: str, known) -> str:
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
 def _coerce(cls: type, key: str, value, where: str):
     """Checks `value` against the type of `cls.key`; lists become tuples, ints may be floats."""
     hints = typing.get_type_hints(cls)
     if key not in hints:
         known = ", ".join(sorted(hints))
-        raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
+        raise ConfigError(
+            f"{where}: unknown key '{key}'{_did_you_mean(key, hints)} (known keys: {known})"
+        )
     kind = hints[key]
     origin = typing.get_origin(kind)
     if origin is tuple:
@@ -147,7 +158,8 @@ def merge(cfg: Config, table: dict, where: str) -> Config:
             continue
         if section not in SECTIONS:
             raise ConfigError(
-                f"{where}: unknown section [{section}] (sections: {', '.join(SECTIONS)})"
+                f"{where}: unknown section [{section}]{_did_you_mean(section, SECTIONS)} "
+                f"(sections: {', '.join(SECTIONS)})"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of keys")
@@ -158,9 +170,13 @@ def merge(cfg: Config, table: dict, where: str) -> Config:
     return dataclasses.replace(cfg, **changes)
 
 
-def load_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> Config:
-    """Reads a TOML config; a top-level `base = "NAME"` starts from that preset."""
-    path = Path(path)
+def load_file(path: str | Path) -> Config:
+    """Reads and validates a TOML config; a top-level `base = "NAME"` starts from that preset."""
+    return validate(_read_file(Path(path), ()))
+
+
+def _read_file(path: Path, _seen: tuple[Path, ...]) -> Config:
+    """The config of a TOML file, not yet validated (a later --set may still fix a value)."""
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"{path}: 'base' presets form a cycle ({chain})")
@@ -179,20 +195,87 @@ def load_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> Config:
 def _load(name_or_path: str, seen: tuple[Path, ...]) -> Config:
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.exists():
-        return load_file(candidate, seen)
+        return _read_file(candidate, seen)
     preset = presets_dir() / f"{name_or_path}.toml"
     if not preset.exists():
         raise ConfigError(
             f"unknown preset '{name_or_path}': no file {preset} "
             f"(presets: {', '.join(preset_names())}; or pass a path to a .toml file)"
         )
-    cfg = load_file(preset, seen)
+    cfg = _read_file(preset, seen)
     return dataclasses.replace(cfg, name=name_or_path)
 
 
 def load(name_or_path: str = "paper", overrides: typing.Sequence[str] = ()) -> Config:
-    """The preset (name under experiments/configs/ or a path) with `section.key=value` overrides."""
-    return apply_overrides(_load(name_or_path, ()), overrides)
+    """The preset (name under experiments/configs/ or a path) with `section.key=value` overrides,
+    validated (:func:`validate`)."""
+    return validate(apply_overrides(_load(name_or_path, ()), overrides))
+
+
+# Allowed values of numeric keys as intervals: "[" / "]" include the bound, "(" / ")" do not.
+RANGES = {
+    "data.num_folds": "[2, inf)",
+    "data.fold_seed": "[0, inf)",
+    "data.workers": "[0, inf)",
+    "train.epochs": "[1, inf)",
+    "train.batch_size": "[1, inf)",
+    "train.eval_batch_size": "[1, inf)",
+    "train.lr": "(0, inf)",
+    "train.weight_decay": "[0, inf)",
+    "train.warmup_epochs": "[0, inf)",
+    "train.ema_decay": "(0, 1)",
+    "train.seed": "[0, 4294967296)",  # the data pipeline's seed is a uint32
+    "train.keep_checkpoints": "[1, inf)",
+    "train.max_steps_per_epoch": "[0, inf)",
+    "predict.threshold": "(0, 1)",
+    "predict.batch_size": "[1, inf)",
+}
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the named-choice keys outside [model], from their registries."""
+    from jaxswin import losses, runtime, tta  # they import jax: only when a config is checked
+
+    precisions = ("auto", *runtime.PRECISIONS)
+    return {
+        "train.loss": losses.NAMES,
+        "train.precision": precisions,
+        "predict.tta": tta.NAMES,
+        "predict.precision": precisions,
+    }
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg` if every value is usable; else a ConfigError naming the key and what it allows.
+
+    Runs when a config is loaded, so a bad value stops the run before any data is read.
+    """
+    from jaxswin.data import bands
+    from jaxswin.models.dualswin import validate as validate_model
+
+    for dotted, interval in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if not _in_interval(value, interval):
+            raise ConfigError(f"{dotted} = {value!r} is out of range: allowed {interval}")
+    for dotted, allowed in _choices().items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(
+                f"{dotted} = {value!r} is not one of: {', '.join(allowed)}"
+                f"{_did_you_mean(value, allowed)}"
+            )
+    bands.resolve(cfg.data.bands)
+    validate_model(cfg.model)
+    return cfg
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -224,7 +307,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(table: dict, where: str = "config") -> Config:
-    return merge(Config(), dict(table), where)
+    return validate(merge(Config(), dict(table), where))
 
 
 def _toml_value(value) -> str:

@@ -338,7 +338,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     placement = make_placement(tcfg.batch_size)
     eval_batch_size = math.ceil(tcfg.eval_batch_size / jax.device_count()) * jax.device_count()
 
-    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
+    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size,
+                                    cfg.data.resize)
     images, masks = dataset.load()
     train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
