@@ -276,7 +276,8 @@ def build_csv_missing(root: Path) -> Path:
 def build_all_background(root: Path) -> Path:
     valid_dataset(root)
     for tid in range(4):
-        write_geotiff(root / "train" / "masks" / f"Mask_{tid}.tif", np.zeros((1, SIZE, SIZE), np.uint8))
+        write_geotiff(root / "train" / "masks" / f"Mask_{tid}.tif",
+                      np.zeros((1, SIZE, SIZE), np.uint8))
     return root
 
 
@@ -286,6 +287,11 @@ def build_config_file(text: str) -> Callable[[Path], Path]:
         (root.parent / "my run.toml").write_text(text)
         return root
     return build
+
+
+def set_case(name: str, setting: str, *expect: str) -> Case:
+    """jaxswin.train on a valid dataset with `--set setting`, which must fail."""
+    return Case(name, valid_dataset, "train", train_args("--set", setting), expect)
 
 
 def train_args(*extra: str) -> Callable[[Path, Path], list[str]]:
@@ -359,7 +365,8 @@ CASES = [
          ("Image_2.tif", "48x48", "data.resize=true")),
     Case("mask of another size than its image", with_array(
         "masks/Mask_1.tif", np.ones((1, 16, 16), np.uint8)), "train",
-         train_args("--set", "data.resize=true"), ("Mask_1.tif", "16x16", "Image_1.tif", "must match")),
+         train_args("--set", "data.resize=true"),
+         ("Mask_1.tif", "16x16", "Image_1.tif", "must match")),
     # --- layout --------------------------------------------------------------------------------
     Case("differing CRSs within one dataset (warning)", build_mixed_crs, "load",
          check=check_crs_warning),
@@ -413,32 +420,26 @@ CASES = [
          train_args("--fold", "official"), ("--fold official", "validation split")),
     Case("unknown preset", valid_dataset, "train", train_args("--preset", "tinny"),
          ("unknown preset 'tinny'", "tiny")),
-    Case("--set without '='", valid_dataset, "train", train_args("--set", "train.lr"),
-         ("--set train.lr", "section.key=value")),
-    Case("--set unknown key", valid_dataset, "train", train_args("--set", "train.lrate=1e-3"),
-         ("unknown key 'lrate'", "did you mean 'lr'")),
-    Case("--set unknown section", valid_dataset, "train", train_args("--set", "trian.lr=1e-3"),
-         ("unknown section [trian]", "did you mean 'train'")),
-    Case("--set wrong type", valid_dataset, "train", train_args("--set", 'train.epochs="ten"'),
-         ("'epochs' must be an integer", "ten")),
-    Case("negative learning rate", valid_dataset, "train", train_args("--set", "train.lr=-1e-3"),
-         ("train.lr = -0.001", "out of range", "(0, inf)")),
-    Case("batch size 0", valid_dataset, "train", train_args("--set", "train.batch_size=0"),
-         ("train.batch_size = 0", "[1, inf)")),
-    Case("dropout 1.5", valid_dataset, "train", train_args("--set", "model.dropout=1.5"),
-         ("model.dropout = 1.5", "[0, 1)")),
-    Case("threshold outside (0, 1)", valid_dataset, "train",
-         train_args("--set", "predict.threshold=1.2"), ("predict.threshold = 1.2", "(0, 1)")),
-    Case("unknown fusion", valid_dataset, "train", train_args("--set", "model.fusion=sum"),
-         ("model.fusion = 'sum'", "concat, weighted_sum, eca, se, cbam")),
-    Case("unknown decoder", valid_dataset, "train", train_args("--set", "model.decoder=unet"),
-         ("model.decoder = 'unet'", "unetpp")),
-    Case("unknown loss", valid_dataset, "train", train_args("--set", "train.loss=bce_dic"),
-         ("train.loss = 'bce_dic'", "did you mean 'bce_dice'")),
-    Case("unknown tta", valid_dataset, "train", train_args("--set", "predict.tta=rot8"),
-         ("predict.tta = 'rot8'", "none, hflip, vflip, flip2, rot4, d4")),
-    Case("unknown precision", valid_dataset, "train", train_args("--set", "train.precision=fp8"),
-         ("train.precision = 'fp8'", "auto, fp32, bf16, fp16")),
+    set_case("--set without '='", "train.lr", "--set train.lr", "section.key=value"),
+    set_case("--set unknown key", "train.lrate=1e-3", "unknown key 'lrate'", "did you mean 'lr'"),
+    set_case("--set unknown section", "trian.lr=1e-3",
+             "unknown section [trian]", "did you mean 'train'"),
+    set_case("--set wrong type", 'train.epochs="ten"', "'epochs' must be an integer", "ten"),
+    set_case("negative learning rate", "train.lr=-1e-3",
+             "train.lr = -0.001", "out of range", "(0, inf)"),
+    set_case("batch size 0", "train.batch_size=0", "train.batch_size = 0", "[1, inf)"),
+    set_case("dropout 1.5", "model.dropout=1.5", "model.dropout = 1.5", "[0, 1)"),
+    set_case("threshold outside (0, 1)",
+             "predict.threshold=1.2", "predict.threshold = 1.2", "(0, 1)"),
+    set_case("unknown fusion", "model.fusion=sum",
+             "model.fusion = 'sum'", "concat, weighted_sum, eca, se, cbam"),
+    set_case("unknown decoder", "model.decoder=unet", "model.decoder = 'unet'", "unetpp"),
+    set_case("unknown loss", "train.loss=bce_dic",
+             "train.loss = 'bce_dic'", "did you mean 'bce_dice'"),
+    set_case("unknown tta", "predict.tta=rot8",
+             "predict.tta = 'rot8'", "none, hflip, vflip, flip2, rot4, d4"),
+    set_case("unknown precision", "train.precision=fp8",
+             "train.precision = 'fp8'", "auto, fp32, bf16, fp16"),
     Case("unknown band profile", valid_dataset, "train", train_args("--bands", "mmlsv3"),
          ("--bands mmlsv3", "pbvs2026")),
     Case("config file: unknown key", build_config_file(
@@ -457,7 +458,8 @@ CASES = [
     Case("predict: --checkpoint without a model", build_with_run_folder, "predict",
          predict_args(), ("--checkpoint", "no trained model here", "best/")),
     Case("predict: --input missing", valid_dataset, "predict",
-         lambda d, t: ["--checkpoint", str(t), "--input", str(d / "nope"), "--output", str(t / "o")],
+         lambda d, t: ["--checkpoint", str(t), "--input", str(d / "nope"),
+                       "--output", str(t / "out")],
          ("--input", "nope", "no such file or folder")),
     Case("predict: --output inside --input", valid_dataset, "predict",
          lambda d, t: ["--checkpoint", str(t), "--input", str(d / "train" / "images"),
@@ -623,7 +625,8 @@ def test_a_real_process_exits_with_one_line(module, args, expect, tmp_path):
     assert expect in result.stderr
 
 
-@pytest.mark.parametrize("shape, size", [((48, 48, 7), SIZE), ((20, 20, 7), SIZE), ((37, 50, 3), 64)])
+@pytest.mark.parametrize("shape, size",
+                         [((48, 48, 7), SIZE), ((20, 20, 7), SIZE), ((37, 50, 3), 64)])
 def test_resize_is_torch_bilinear_and_nearest_exact(shape, size):
     """data.resize against an independent reference: torch's interpolate (bilinear with
     align_corners=False, no antialiasing; nearest-exact for masks)."""
