@@ -600,6 +600,10 @@ def main(argv=None):
     cfg = load_config(args)
     fold = parse_fold(args.fold, cfg.data.num_folds)
     workdir = Path(args.workdir or Path("runs") / cfg.name)
+    data = Path(cfg.data.root).resolve() if cfg.data.root else None
+    if data is not None and (data == workdir.resolve() or data in workdir.resolve().parents):
+        raise UserError(f"--workdir {workdir}: is inside the dataset {cfg.data.root}, which is "
+                        "never written to; choose a folder outside it")
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
     summaries = [train_fold(cfg, f, workdir, args.pretrained) for f in folds]
     if parallel.is_main():
