@@ -355,11 +355,12 @@ def step_footprint(cfg, precision: str, per_device_batch: int) -> tuple[int, flo
     return total, compiled.cost_analysis()["flops"] / per_device_batch
 
 
-def plan_memory(args) -> str:
-    """The plan, as text. Data parallelism replicates the state on every device and splits the
-    batch, so one device's memory is a fixed part (state, code) plus a part linear in its batch
-    (activations, gradients' workspace, the batch itself): XLA's analysis of the step compiled
-    for per-device batches 1 and 2 gives both, and the plan extrapolates to any batch."""
+def plan_memory(args):
+    """The plan as blocks of text: a header, then one per precision (two compiles of the step
+    each, minutes on a small CPU). Data parallelism replicates the state on every device and
+    splits the batch, so one device's memory is a fixed part (state, code) plus a part linear in
+    its batch (activations, gradients' workspace, the batch itself): XLA's analysis of the step
+    compiled for per-device batches 1 and 2 gives both, and the plan extrapolates to any batch."""
     import jax
 
     cfg = load_config(args)
@@ -368,7 +369,7 @@ def plan_memory(args) -> str:
     if uneven:
         raise SystemExit(f"error: --devices {args.devices}: --batch {args.batch} does not split "
                          f"evenly over {uneven[0]} device(s)")
-    lines = [
+    yield "\n".join([
         f"PLANNED, not measured: no GPU was used. Memory per GPU of data-parallel training of "
         f"the `{args.preset}` model ({cfg.model.img_size}x{cfg.model.img_size} tiles), from XLA's "
         f"memory analysis of jaxswin's train step compiled for this machine's CPU "
@@ -376,13 +377,13 @@ def plan_memory(args) -> str:
         "XLA's GPU compiler fuses and schedules differently, the CPU compiler keeps some bf16/fp16 "
         "work in f32, and the CUDA context, cuDNN workspaces and allocator slack (~0.5-1 GiB) are "
         "not included: treat the figures as estimates with a margin.",
-    ]
+    ])
     for precision in precisions(args, ("bf16", "fp16")):
         (one, flops), (two, _) = (step_footprint(cfg, precision, b) for b in (1, 2))
         per_tile, fixed = two - one, 2 * one - two
         _, (state, *_) = abstract_train_step(cfg, precision, 1)
         parts = state_parts(state)
-        lines += [
+        lines = [
             "",
             f"{precision}: train step {flops / 1e9:.1f} GFLOP per tile (XLA's count). Fixed per "
             f"GPU {fixed / GIB:.2f} GiB, of which the replicated state "
@@ -403,7 +404,7 @@ def plan_memory(args) -> str:
         largest = ", ".join(f"{gpu}: {max(0, int((size * GIB - fixed) // per_tile))}"
                             for gpu, size in GPUS.items())
         lines.append(f"\nLargest batch per GPU that fits ({precision}): {largest}.")
-    return "\n".join(lines) + "\n"
+        yield "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -520,7 +521,8 @@ def main(argv=None):
     if min(args.batch, args.steps, args.warmup) < 1:
         raise SystemExit("error: --batch, --steps and --warmup must be at least 1")
     if args.plan:
-        print(plan_memory(args))
+        for block in plan_memory(args):
+            print(block, flush=True)
         return 0
 
     results = [run_worker(job, argv) for job in plan(args)]
