@@ -2,6 +2,7 @@
 
     python -m experiments.bench [--batch 16] [--steps 20] [--warmup 3] [--precisions fp32,bf16,fp16]
         [--torch-modes eager,amp,compile] [--only jax|torch] [--json OUT] [--peak-tflops X]
+    python -m experiments.bench --plan [--batch 16] [--devices 1,8] [--precisions bf16,fp16]
 
 On the device at hand (the first GPU, else the CPU), for the model of --preset (default: the
 paper's, 128x128 tiles, random weights and inputs) it measures:
@@ -24,6 +25,10 @@ and torch's GPU memory pools never share the card and each peak is that configur
 
 Writes one JSON (default experiments/results/bench-<device>.json) and prints a Markdown table
 and the JAX / PyTorch ratios.
+
+--plan measures nothing: it PLANS the GPU memory of data-parallel training from XLA's memory
+analysis of the train step compiled for this machine's CPU (see plan_memory), with the train
+FLOPs per tile XLA counts, for a global --batch over each of --devices GPUs.
 """
 
 from __future__ import annotations
@@ -69,14 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed steps first, compilation included (default 3)")
-    parser.add_argument("--precisions", default=",".join(PRECISIONS),
-                        help="jax compute precisions (default fp32,bf16,fp16)")
+    parser.add_argument("--precisions",
+                        help="jax compute precisions (default fp32,bf16,fp16; with --plan "
+                             "bf16,fp16: what recent GPUs and the T4 train in)")
     parser.add_argument("--torch-modes", default=",".join(TORCH_MODES),
                         help="torch modes: eager (fp32), amp (autocast), compile (default: all)")
     parser.add_argument("--only", choices=["jax", "torch"], help="run one framework only")
     parser.add_argument("--json", help="output file (default experiments/results/bench-<device>.json)")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak TFLOP/s for MFU (default: KNOWN_PEAKS by device name)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the planned per-GPU memory of training (XLA's memory analysis "
+                             "of the step compiled for this CPU) instead of measuring speed")
+    parser.add_argument("--devices", default="1,8",
+                        help="--plan: GPU counts the global --batch is split over (default 1,8)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, run in a subprocess
     return parser
 
@@ -275,13 +286,128 @@ def device_info(kind: str, platform: str) -> dict:
             "cpu_count": len(os.sched_getaffinity(0))}
 
 
+# ----------------------------------------------------------------------------- --plan
+
+GPUS = {"T4 16 GiB": 16.0, "H100 80 GiB": 80.0}  # the cards the plan is checked against, GiB
+
+
+def precisions(args, default) -> list[str]:
+    return [p.strip() for p in (args.precisions or ",".join(default)).split(",") if p.strip()]
+
+
+def abstract_train_step(cfg, precision: str, global_batch: int, placement=None):
+    """jaxswin.train's jitted step for `cfg` (the paper's loss) and abstract arguments for it:
+    shapes and dtypes only, nothing initialised, ready to lower for any platform or to compile.
+    The batch is what the loader feeds with data.device_warp: rgb, aux, mask and the warps."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxswin import models, runtime, train
+
+    steps_per_epoch = 100  # only shapes the LR schedule
+    module = models.build(cfg.model, runtime.PRECISIONS[precision])
+    variables = jax.eval_shape(lambda: models.init(module, cfg.model, jax.random.key(0)))
+    state = jax.eval_shape(
+        lambda v: train.create_state(module, v, cfg.train, steps_per_epoch, precision), variables
+    )
+    step = train.make_train_step(dataclasses.replace(cfg.train, loss=PAPER_LOSS),
+                                 steps_per_epoch, placement)
+    side = cfg.model.img_size
+    batch = {name: jax.ShapeDtypeStruct((global_batch, side, side, channels), jnp.float32)
+             for name, channels in (("rgb", 3), ("aux", 4), ("mask", 1))}
+    batch["warp"] = jax.ShapeDtypeStruct((global_batch, 2, 3), jnp.float32)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return step, (state, batch, jax.ShapeDtypeStruct((), jnp.float32), key)
+
+
+def tree_bytes(tree) -> int:
+    import jax
+
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def state_parts(state) -> dict[str, int]:
+    """Bytes of what every device holds whatever its batch: the replicated train state."""
+    return {
+        "params": tree_bytes(state.params),
+        "AdamW moments": tree_bytes(state.opt_state),
+        "EMA": tree_bytes((state.ema_params, state.ema_batch_stats)),
+        "BN statistics": tree_bytes(state.batch_stats),
+    }
+
+
+def step_footprint(cfg, precision: str, per_device_batch: int) -> tuple[int, float]:
+    """(bytes, train FLOPs per tile) of one device's step at `per_device_batch`: XLA's memory
+    analysis of the step compiled for this CPU, arguments + outputs - donated + temporaries."""
+    step, inputs = abstract_train_step(cfg, precision, per_device_batch)
+    compiled = step.trace(*inputs).lower().compile()
+    memory = compiled.memory_analysis()
+    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    return total, compiled.cost_analysis()["flops"] / per_device_batch
+
+
+def plan_memory(args):
+    """The plan as blocks of text: a header, then one per precision (two compiles of the step
+    each, minutes on a small CPU). Data parallelism replicates the state on every device and
+    splits the batch, so one device's memory is a fixed part (state, code) plus a part linear in
+    its batch (activations, gradients' workspace, the batch itself): XLA's analysis of the step
+    compiled for per-device batches 1 and 2 gives both, and the plan extrapolates to any batch."""
+    import jax
+
+    cfg = load_config(args)
+    counts = [int(n) for n in args.devices.split(",") if n.strip()]
+    uneven = [n for n in counts if n < 1 or args.batch % n]
+    if uneven:
+        raise SystemExit(f"error: --devices {args.devices}: --batch {args.batch} does not split "
+                         f"evenly over {uneven[0]} device(s)")
+    yield "\n".join([
+        f"PLANNED, not measured: no GPU was used. Memory per GPU of data-parallel training of "
+        f"the `{args.preset}` model ({cfg.model.img_size}x{cfg.model.img_size} tiles), from XLA's "
+        f"memory analysis of jaxswin's train step compiled for this machine's CPU "
+        f"({cpu_model()}, {len(os.sched_getaffinity(0))} cores, jax {jax.__version__}).",
+        "XLA's GPU compiler fuses and schedules differently, the CPU compiler keeps some bf16/fp16 "
+        "work in f32, and the CUDA context, cuDNN workspaces and allocator slack (~0.5-1 GiB) are "
+        "not included: treat the figures as estimates with a margin.",
+    ])
+    for precision in precisions(args, ("bf16", "fp16")):
+        (one, flops), (two, _) = (step_footprint(cfg, precision, b) for b in (1, 2))
+        per_tile, fixed = two - one, 2 * one - two
+        _, (state, *_) = abstract_train_step(cfg, precision, 1)
+        parts = state_parts(state)
+        lines = [
+            "",
+            f"{precision}: train step {flops / 1e9:.1f} GFLOP per tile (XLA's count). Fixed per "
+            f"GPU {fixed / GIB:.2f} GiB, of which the replicated state "
+            f"{sum(parts.values()) / GIB:.2f} GiB ("
+            + ", ".join(f"{name} {size / GIB:.2f}" for name, size in parts.items())
+            + f"); activations and workspace {per_tile / 2**20:.0f} MiB per tile of the GPU's "
+            "batch.",
+            "",
+            f"| global batch | GPUs | batch per GPU | planned GiB per GPU | "
+            + " | ".join(f"fits {gpu}" for gpu in GPUS) + " |",
+            "|---|---|---|---|" + "---|" * len(GPUS),
+        ]
+        for count in counts:
+            per_gpu = args.batch // count
+            need = (fixed + per_tile * per_gpu) / GIB
+            fits = " | ".join("yes" if need <= size else "no" for size in GPUS.values())
+            lines.append(f"| {args.batch} | {count} | {per_gpu} | {need:.2f} | {fits} |")
+        largest = ", ".join(f"{gpu}: {max(0, int((size * GIB - fixed) // per_tile))}"
+                            for gpu, size in GPUS.items())
+        lines.append(f"\nLargest batch per GPU that fits ({precision}): {largest}.")
+        yield "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
 def plan(args) -> list[str]:
     jobs = []
     if args.only != "torch":
-        jobs += [f"jax:{p.strip()}" for p in args.precisions.split(",") if p.strip()]
+        jobs += [f"jax:{p}" for p in precisions(args, PRECISIONS)]
     if args.only != "jax":
         jobs += [f"torch:{m.strip()}" for m in args.torch_modes.split(",") if m.strip()]
     for job in jobs:
@@ -388,6 +514,10 @@ def main(argv=None):
         return 0
     if min(args.batch, args.steps, args.warmup) < 1:
         raise SystemExit("error: --batch, --steps and --warmup must be at least 1")
+    if args.plan:
+        for block in plan_memory(args):
+            print(block, flush=True)
+        return 0
 
     results = [run_worker(job, argv) for job in plan(args)]
     measured = next((r for r in results if "error" not in r), None)

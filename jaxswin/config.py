@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import importlib.resources
 import json
+import difflib
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class DataConfig:
     device_warp: bool = True
     # A band profile the pixels contradict (jaxswin.data.inspect): error | warn | off.
     band_check: str = "error"
+    # Tiles of another size than model.img_size are resized to it on loading (bilinear images,
+    # nearest-neighbour masks), as the paper does; false makes such a tile an error.
+    resize: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,12 +166,19 @@ def _section_class(section: str) -> type:
     return hints[section]
 
 
+def _did_you_mean(name: str, known) -> str:
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
 def _coerce(cls: type, key: str, value, where: str):
     """Checks `value` against the type of `cls.key`; lists become tuples, ints may be floats."""
     hints = typing.get_type_hints(cls)
     if key not in hints:
         known = ", ".join(sorted(hints))
-        raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
+        raise ConfigError(
+            f"{where}: unknown key '{key}'{_did_you_mean(key, hints)} (known keys: {known})"
+        )
     kind = hints[key]
     origin = typing.get_origin(kind)
     if origin is tuple:
@@ -204,7 +215,8 @@ def merge(cfg: Config, table: dict, where: str) -> Config:
             continue
         if section not in SECTIONS:
             raise ConfigError(
-                f"{where}: unknown section [{section}] (sections: {', '.join(SECTIONS)})"
+                f"{where}: unknown section [{section}]{_did_you_mean(section, SECTIONS)} "
+                f"(sections: {', '.join(SECTIONS)})"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of keys")
@@ -215,9 +227,13 @@ def merge(cfg: Config, table: dict, where: str) -> Config:
     return dataclasses.replace(cfg, **changes)
 
 
-def load_file(path: str | Path | Traversable, _seen: tuple[str, ...] = ()) -> Config:
-    """Reads a TOML config; a top-level `base = "NAME"` starts from that preset."""
-    source = Path(path) if isinstance(path, str) else path
+def load_file(path: str | Path | Traversable) -> Config:
+    """Reads and validates a TOML config; a top-level `base = "NAME"` starts from that preset."""
+    return validate(_read_file(Path(path) if isinstance(path, str) else path, ()))
+
+
+def _read_file(source: Path | Traversable, _seen: tuple[str, ...]) -> Config:
+    """The config of a TOML file, not yet validated (a later --set may still fix a value)."""
     if str(source) in _seen:
         chain = " -> ".join((*_seen, str(source)))
         raise ConfigError(f"{source}: 'base' presets form a cycle ({chain})")
@@ -230,7 +246,7 @@ def load_file(path: str | Path | Traversable, _seen: tuple[str, ...] = ()) -> Co
 
 def _load(name_or_path: str, seen: tuple[str, ...]) -> Config:
     source = locate(name_or_path)
-    cfg = load_file(source, seen)
+    cfg = _read_file(source, seen)
     if source == Path(name_or_path):  # a path: the file's own name (or its stem)
         return cfg
     return dataclasses.replace(cfg, name=name_or_path)  # a preset is called by its name
@@ -238,8 +254,76 @@ def _load(name_or_path: str, seen: tuple[str, ...]) -> Config:
 
 def load(name_or_path: str = "paper", overrides: typing.Sequence[str] = ()) -> Config:
     """The preset (a name, see preset_names(), or a .toml path) with `section.key=value`
-    overrides applied."""
-    return apply_overrides(_load(name_or_path, ()), overrides)
+    overrides applied, validated (:func:`validate`)."""
+    return validate(apply_overrides(_load(name_or_path, ()), overrides))
+
+
+# Allowed values of numeric keys as intervals: "[" / "]" include the bound, "(" / ")" do not.
+RANGES = {
+    "data.num_folds": "[2, inf)",
+    "data.fold_seed": "[0, inf)",
+    "data.workers": "[0, inf)",
+    "train.epochs": "[1, inf)",
+    "train.batch_size": "[1, inf)",
+    "train.eval_batch_size": "[1, inf)",
+    "train.lr": "(0, inf)",
+    "train.weight_decay": "[0, inf)",
+    "train.warmup_epochs": "[0, inf)",
+    "train.ema_decay": "(0, 1)",
+    "train.seed": "[0, 4294967296)",  # the data pipeline's seed is a uint32
+    "train.keep_checkpoints": "[1, inf)",
+    "train.max_steps_per_epoch": "[0, inf)",
+    "predict.threshold": "(0, 1)",
+    "predict.batch_size": "[1, inf)",
+}
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of the named-choice keys outside [model], from their registries."""
+    from jaxswin import losses, runtime, tta  # they import jax: only when a config is checked
+    from jaxswin.data import inspect
+
+    precisions = ("auto", *runtime.PRECISIONS)
+    return {
+        "data.band_check": inspect.MODES,
+        "train.loss": losses.NAMES,
+        "train.precision": precisions,
+        "predict.tta": tta.NAMES,
+        "predict.precision": precisions,
+    }
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg` if every value is usable; else a ConfigError naming the key and what it allows.
+
+    Runs when a config is loaded, so a bad value stops the run before any data is read.
+    """
+    from jaxswin.data import bands
+    from jaxswin.models.dualswin import validate as validate_model
+
+    for dotted, interval in RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if not _in_interval(value, interval):
+            raise ConfigError(f"{dotted} = {value!r} is out of range: allowed {interval}")
+    for dotted, allowed in _choices().items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(
+                f"{dotted} = {value!r} is not one of: {', '.join(allowed)}"
+                f"{_did_you_mean(value, allowed)}"
+            )
+    bands.resolve(cfg.data.bands)
+    validate_model(cfg.model)
+    return cfg
 
 
 def parse_override(text: str) -> tuple[str, str, object]:

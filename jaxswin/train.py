@@ -381,7 +381,8 @@ class FoldData:
 
 def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
     """Reads the dataset, splits off the fold and fits the statistics on its training tiles."""
-    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
+    dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size,
+                                    cfg.data.resize)
     images, masks = dataset.load()
     train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
@@ -652,6 +653,10 @@ def main(argv=None):
     cfg = load_config(args)
     fold = parse_fold(args.fold, cfg.data.num_folds)
     workdir = Path(args.workdir or Path("runs") / cfg.name)
+    data = Path(cfg.data.root).resolve() if cfg.data.root else None
+    if data is not None and (data == workdir.resolve() or data in workdir.resolve().parents):
+        raise UserError(f"--workdir {workdir}: is inside the dataset {cfg.data.root}, which is "
+                        "never written to; choose a folder outside it")
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
     summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard) for f in folds]
     if parallel.is_main():

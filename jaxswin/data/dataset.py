@@ -45,11 +45,19 @@ class Dataset:
     `samples[i]` is row i of the arrays from :meth:`load`; `channels` is the files' band order.
     """
 
-    def __init__(self, root: Path, channels: tuple[str, ...], samples: list[Sample], size: int):
+    def __init__(
+        self,
+        root: Path,
+        channels: tuple[str, ...],
+        samples: list[Sample],
+        size: int,
+        resize: bool = False,
+    ):
         self.root = root
         self.channels = channels
         self.samples = tuple(samples)
         self.size = size
+        self.resize = resize  # tiles of another size are resized to `size` (else an error)
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -70,18 +78,44 @@ class Dataset:
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(images float32 (N, H, W, 7) canonical order, percentile-scaled; masks uint8 (N, H, W)).
 
-        Decoded once, then kept in memory.
+        Decoded once, then kept in memory. With `resize`, a tile of another size is scaled on
+        its own pixels, then resized (bilinear; its mask nearest-neighbour).
         """
         if self._arrays is None:
             n, size = len(self.samples), self.size
             images = np.empty((n, size, size, len(bands.CHANNELS)), np.float32)
             masks = np.empty((n, size, size), np.uint8)
+            crs_counts: dict[str, int] = {}
             for i, sample in enumerate(self.samples):
-                image, _ = io.read_image(sample.image, self.channels, size)
-                images[i] = percentile_scale(image)
-                masks[i] = io.read_mask(sample.mask, size)
+                images[i], masks[i], crs = self._load_sample(sample)
+                crs_counts[crs] = crs_counts.get(crs, 0) + 1
+            if len(crs_counts) > 1:
+                # Tiles are independent samples and the model never sees coordinates, so mixed
+                # CRSs do not change training; they often mean mixed sources, hence the warning.
+                listing = ", ".join(f"{crs} ({count})" for crs, count in crs_counts.items())
+                io.log.warning(
+                    "%s: the tiles use %d different CRSs (tiles per CRS: %s); each tile is used "
+                    "on its own, so training is unaffected, but check the data are one product",
+                    self.root, len(crs_counts), listing,
+                )
             self._arrays = images, masks
         return self._arrays
+
+    def _load_sample(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, str]:
+        """A tile (scaled, `size` x `size`), its mask, and the name of its CRS."""
+        expected = None if self.resize else self.size
+        image, georef = io.read_image(sample.image, self.channels, expected)
+        mask = io.read_mask(sample.mask, expected)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{sample.mask}: mask is {mask.shape[0]}x{mask.shape[1]} pixels but its image "
+                f"{sample.image.name} is {image.shape[0]}x{image.shape[1]}; they must match"
+            )
+        image = percentile_scale(image)
+        if image.shape[:2] != (self.size, self.size):
+            image, mask = io.resize(image, self.size), io.resize(mask, self.size, nearest=True)
+        crs = georef["crs"]
+        return image, mask, crs.to_string() if crs else "no CRS"
 
 
 def _split_name(source: Path) -> str:
@@ -115,9 +149,12 @@ def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, P
     if not masks_dir.is_dir():
         raise DataError(f"{folder}: has images/ but no masks/ folder")
     masks: dict[str, Path] = {}
+    folders: dict[str, Path] = {}  # folders named like masks, reported if their image asks
     for path in sorted(masks_dir.iterdir()):
         if not io.is_tile(path):
             skipped.append(path)
+            if path.is_dir():
+                folders[io.tile_id(path)] = path
         elif masks.setdefault(tid := io.tile_id(path), path) != path:
             raise DataError(f"{path}: a second mask for tile '{tid}' (first: {masks[tid]})")
     pairs, used = [], set()
@@ -128,6 +165,8 @@ def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, P
         tid = io.tile_id(path)
         if tid in used:
             raise DataError(f"{path}: a second image for tile '{tid}'")
+        if tid not in masks and tid in folders:
+            raise DataError(f"{folders[tid]}: a folder, where the mask of tile '{tid}' should be")
         if tid not in masks:
             raise DataError(
                 f"{path}: no mask for tile '{tid}' in {masks_dir} (expected Mask_{tid}.tif, "
@@ -139,8 +178,11 @@ def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, P
     return pairs
 
 
-def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Dataset:
-    """The dataset under `root` (see the module docstring for the layouts)."""
+def scan(
+    root: str | Path, channels: tuple[str, ...], size: int = 128, resize: bool = False
+) -> Dataset:
+    """The dataset under `root` (see the module docstring for the layouts); `resize` as in
+    :class:`Dataset`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
@@ -171,15 +213,18 @@ def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Datase
             f"{root}: no labelled tiles found (expected train/images/*.tif with train/masks/*.tif, "
             "or the same under val/, test/ or *_partition/)"
         )
-    return Dataset(root, channels, samples, size)
+    return Dataset(root, channels, samples, size, resize)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("JAXSWIN_CACHE") or Path.home() / ".cache" / "jaxswin")
 
 
-def open_dataset(root: str | None, channels_spec: str, size: int = 128) -> Dataset:
-    """The dataset at `root` with bands `channels_spec` (``--data``, ``--bands``).
+def open_dataset(
+    root: str | None, channels_spec: str, size: int = 128, resize: bool = False
+) -> Dataset:
+    """The dataset at `root` with bands `channels_spec` (``--data``, ``--bands``), its tiles
+    `size` pixels square (`resize`: resized to it, else another size is an error).
 
     `root` None or "" is the embedded synthetic dataset, generated on first use under
     $JAXSWIN_CACHE (default ~/.cache/jaxswin); its files are in pbvs2026 band order.
@@ -192,4 +237,4 @@ def open_dataset(root: str | None, channels_spec: str, size: int = 128) -> Datas
                 "pbvs2026 band order; use --bands pbvs2026 or pass --data"
             )
         return scan(synthetic.ensure(cache_dir()), channels, synthetic.SIZE)
-    return scan(root, channels, size)
+    return scan(root, channels, size, resize)

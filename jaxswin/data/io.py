@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import scipy.ndimage
 import tifffile
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
@@ -113,8 +115,14 @@ def _read_page_stack(path: Path, num_bands: int) -> tuple[np.ndarray, float | No
 
 def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
     """(H, W, C) float32 with NaN for nodata/non-finite pixels, and the georeference."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a tile file; rename or move it")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); copy it again or remove it")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: permission denied; make it readable (chmod a+r) or remove it")
     stack = _read_page_stack(path, num_bands)
     if stack is not None:
         data, nodata = stack
@@ -157,8 +165,9 @@ def _check_size(path: Path, image: np.ndarray, size: int | None) -> None:
     if size is not None and image.shape[:2] != (size, size):
         height, width = image.shape[:2]
         raise DataError(
-            f"{path}: tile is {height}x{width} pixels; expected {size}x{size} "
-            "(re-tile the data, or set the expected tile size)"
+            f"{path}: tile is {height}x{width} pixels; expected {size}x{size} (model.img_size): "
+            "re-tile the data, set model.img_size, or resize on loading with "
+            "--set data.resize=true"
         )
 
 
@@ -203,3 +212,12 @@ def read_mask(path: str | Path, size: int | None = 128) -> np.ndarray:
     _check_size(path, mask, size)
     with np.errstate(invalid="ignore"):
         return (mask[..., 0] > 0).astype(np.uint8)  # nodata (NaN) is background
+
+
+def resize(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """(H, W[, C]) -> (size, size[, C]): bilinear (half-pixel centres, edge values repeated, no
+    antialiasing: torch's interpolate(align_corners=False) and OpenCV's INTER_LINEAR), or
+    nearest-neighbour for masks."""
+    zoom = (size / array.shape[0], size / array.shape[1]) + (1,) * (array.ndim - 2)
+    order = 0 if nearest else 1
+    return scipy.ndimage.zoom(array, zoom, order=order, grid_mode=True, mode="nearest")
