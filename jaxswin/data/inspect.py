@@ -109,8 +109,9 @@ def _read_file(path: Path, windows_per_scene: int) -> tuple[list[np.ndarray], tu
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 if src.count not in (1, NUM_BANDS):  # 1: maybe a stack of pages (MMLS v1)
-                    raise DataError(f"{path}: {src.count} band(s); band profiles describe "
-                                    f"{NUM_BANDS}-band files")
+                    raise DataError(f"{path}: {src.count} band(s), but the model reads "
+                                    f"{NUM_BANDS} (thermal, slope, DEM, gray, red, green, "
+                                    "blue in any order): stack all seven into the file")
                 if src.count == NUM_BANDS:
                     tiles = []
                     for window in _windows(src.height, src.width, windows_per_scene):
