@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from jaxswin import config, models, predict, weights
+from jaxswin import config, inference, models, predict, weights
 from jaxswin.data import bands, io, normalize
 from jaxswin.errors import ConfigError
 
@@ -78,10 +78,10 @@ def run_dir(tmp_path_factory):
     )
     for fold in range(3):
         best = root / f"fold{fold}" / "best"
-        weights.save(best / predict.WEIGHTS, variables)
+        weights.save(best / inference.WEIGHTS, variables)
         for folder in (best, best.parent):  # as jaxswin.train writes them
-            (folder / predict.CONFIG).write_text(config.to_toml(cfg))
-            stats.save(folder / predict.STATS)
+            (folder / inference.CONFIG).write_text(config.to_toml(cfg))
+            stats.save(folder / inference.STATS)
     return root
 
 
@@ -123,9 +123,9 @@ def _counts(pred, truth):
 
 
 def test_finds_the_folds_of_a_run(run_dir):
-    assert predict.best_folders(run_dir) == [run_dir / f"fold{k}" / "best" for k in range(3)]
-    assert predict.best_folders(run_dir / "fold1") == [run_dir / "fold1" / "best"]
-    assert predict.best_folders(run_dir / "fold1" / "best") == [run_dir / "fold1" / "best"]
+    assert inference.best_folders(run_dir) == [run_dir / f"fold{k}" / "best" for k in range(3)]
+    assert inference.best_folders(run_dir / "fold1") == [run_dir / "fold1" / "best"]
+    assert inference.best_folders(run_dir / "fold1" / "best") == [run_dir / "fold1" / "best"]
 
 
 def test_cli_writes_georeferenced_masks_probabilities_previews_and_scores(
@@ -136,11 +136,11 @@ def test_cli_writes_georeferenced_masks_probabilities_previews_and_scores(
     out = tmp_path / "out"
     _predict(
         str(run_dir / "fold0"), str(root / "images"), str(out), "--tta", "none", "--save-prob",
-        "--preview", "--masks", str(root / "masks"), "--batch-size", "2",
+        "--prob-dtype", "float32", "--preview", "--masks", str(root / "masks"), "--batch-size", "2",
     )  # 3 tiles in batches of 2: the last one is padded
     assert _digest(root) == before
 
-    ensemble = predict.load_ensemble([run_dir / "fold0"], "none", batch_size=2)  # compiled above
+    ensemble = inference.load_ensemble([run_dir / "fold0"], "none", batch_size=2)  # compiled above
     names = sorted(images)
     scaled = np.stack([normalize.percentile_scale(images[n]) for n in names])
     expected = ensemble.predict_proba(scaled)
@@ -170,8 +170,8 @@ def test_cli_writes_georeferenced_masks_probabilities_previews_and_scores(
 def test_ensemble_of_copies_equals_the_single_model(run_dir, tiles):
     _, images = tiles
     batch = np.stack([normalize.percentile_scale(im) for im in images.values()])
-    single = predict.load_ensemble([run_dir / "fold0"], "none", batch_size=2).predict_proba(batch)
-    three = predict.load_ensemble([run_dir], "none", batch_size=2)
+    single = inference.load_ensemble([run_dir / "fold0"], "none", batch_size=2).predict_proba(batch)
+    three = inference.load_ensemble([run_dir], "none", batch_size=2)
     assert len(three.members) == 3
     np.testing.assert_allclose(three.predict_proba(batch), single, atol=1e-6)
     assert single.shape == (3, SIZE, SIZE) and np.all((single >= 0) & (single <= 1))
@@ -180,8 +180,8 @@ def test_ensemble_of_copies_equals_the_single_model(run_dir, tiles):
 def test_bf16_ensemble_is_close_to_fp32(run_dir, tiles, tmp_path, capsys):
     _, images = tiles
     batch = np.stack([normalize.percentile_scale(im) for im in images.values()])
-    full = predict.load_ensemble([run_dir / "fold0"], "hflip", 2).predict_proba(batch)
-    half = predict.load_ensemble([run_dir / "fold0"], "hflip", 2, "bf16")
+    full = inference.load_ensemble([run_dir / "fold0"], "hflip", 2).predict_proba(batch)
+    half = inference.load_ensemble([run_dir / "fold0"], "hflip", 2, "bf16")
     assert half.precision == "bf16"
     half = half.predict_proba(batch)
     assert half.dtype == np.float32 and 0 < np.abs(half - full).max() < 0.05
@@ -192,7 +192,7 @@ def test_bf16_ensemble_is_close_to_fp32(run_dir, tiles, tmp_path, capsys):
     assert ", bf16," in capsys.readouterr().err
     assert (tmp_path / "out" / "Image_0.tif").is_file()
     with pytest.raises(ConfigError, match="'half'.*predict.precision"):
-        predict.load_ensemble([run_dir / "fold0"], "none", 2, "half")
+        inference.load_ensemble([run_dir / "fold0"], "none", 2, "half")
 
 
 def test_bands_are_matched_by_name(run_dir, tiles, tmp_path):
@@ -200,7 +200,8 @@ def test_bands_are_matched_by_name(run_dir, tiles, tmp_path):
     root, images = tiles
     for name, image in images.items():
         _write_tif(tmp_path / "v2" / name, _to_profile(image, "mmlsv2"))
-    model, options = str(run_dir / "fold0"), ["--tta", "none", "--save-prob", "--batch-size", "2"]
+    model = str(run_dir / "fold0")
+    options = ["--tta", "none", "--save-prob", "--prob-dtype", "float32", "--batch-size", "2"]
     _predict(model, str(root / "images"), str(tmp_path / "a"), *options)
     _predict(model, str(tmp_path / "v2"), str(tmp_path / "b"), *options, "--bands", "mmlsv2")
     for name in images:
@@ -223,27 +224,33 @@ def test_scenes_of_any_size_keep_their_size_and_georeference(run_dir, tmp_path):
         prob = _read(tmp_path / "out" / "prob" / name)[0]
         _, src_crs, src_transform, _ = _read(tmp_path / "in" / name)
         assert mask.shape == prob.shape == shape and (crs, transform) == (src_crs, src_transform)
-        assert np.all(np.isfinite(prob)) and np.all((prob >= 0) & (prob <= 1))
+        assert prob.dtype == np.uint8 and prob.max() <= 254  # round(254 p); no nodata here
+        clear = np.abs(prob / 254.0 - THRESHOLD) > 0.5 / 254  # off the rounding's reach
+        np.testing.assert_array_equal(mask[clear], prob[clear] / 254.0 > THRESHOLD)
 
 
 def test_windows_blend_back_into_the_scene():
     # Windows that agree on their overlaps (crops of one map) must reassemble that map exactly,
-    # whatever the overlap pattern; padding beyond the scene is cropped off.
+    # strip by strip, whatever the overlap pattern; padding beyond the scene is cropped off.
     rng = np.random.default_rng()
     tile = 16
-    blend = predict._blend_window(tile)
-    for height, width in [(16, 16), (40, 23), (9, 30), (5, 7)]:
+    blend = inference.blend_window(tile)
+    for height, width in [(16, 16), (40, 23), (9, 30), (5, 7), (61, 17)]:
         truth = rng.random((height, width)).astype(np.float32)
-        scene = predict._Scene(None, height, width, tile)
+        reader = inference.ArrayReader(np.zeros((height, width, 7), np.float32))
+        strip = inference._Strip(None, reader, tile, lambda _, r: inference.ArraySink(r.height, r.width))
         covered = np.zeros((height, width), int)
-        for y, x in scene.windows:
-            window = np.full((tile, tile), -1.0, np.float32)  # padding: must not leak in
-            crop = truth[y : y + tile, x : x + tile]
-            window[: crop.shape[0], : crop.shape[1]] = crop
-            covered[y : y + tile, x : x + tile] += 1
-            scene.add(window, y, x, blend)
-        assert scene.left == 0 and covered.min() >= 1
-        np.testing.assert_allclose(scene.probability(), truth, rtol=1e-5)
+        for k, y in enumerate(strip.rows):
+            for x in strip.columns:
+                window = np.full((tile, tile), -1.0, np.float32)  # padding: must not leak in
+                crop = truth[y : y + tile, x : x + tile]
+                window[: crop.shape[0], : crop.shape[1]] = crop
+                covered[y : y + tile, x : x + tile] += 1
+                strip.add(window, y, x, blend)
+            assert not strip.done
+            strip.finish_row(k, np.ones((min(tile, height - y), width), bool))
+        assert strip.done and covered.min() >= 1
+        np.testing.assert_allclose(strip.sink.close(), truth, rtol=1e-5)
 
 
 def test_two_devices_give_the_same_probabilities(run_dir, tiles, tmp_path):
@@ -251,8 +258,8 @@ def test_two_devices_give_the_same_probabilities(run_dir, tiles, tmp_path):
     batch = np.stack([normalize.percentile_scale(im) for im in images.values()])
     np.save(tmp_path / "batch.npy", batch)
     script = (
-        "import sys, jax, numpy as np; from jaxswin import predict; "
-        "e = predict.load_ensemble([sys.argv[1]], 'none', batch_size=3); "
+        "import sys, jax, numpy as np; from jaxswin import inference; "
+        "e = inference.load_ensemble([sys.argv[1]], 'none', batch_size=3); "
         "assert jax.device_count() == 2 and e.batch_size == 4; "
         "np.save(sys.argv[3], e.predict_proba(np.load(sys.argv[2])))"
     )
@@ -266,7 +273,7 @@ def test_two_devices_give_the_same_probabilities(run_dir, tiles, tmp_path):
         [sys.executable, "-c", script, *files],
         check=True, env=env, cwd=Path(__file__).resolve().parent.parent,
     )
-    one = predict.load_ensemble([run_dir / "fold0"], "none").predict_proba(batch)
+    one = inference.load_ensemble([run_dir / "fold0"], "none").predict_proba(batch)
     np.testing.assert_allclose(np.load(tmp_path / "two.npy"), one, atol=1e-5)
 
 
@@ -293,7 +300,7 @@ def test_existing_outputs_need_overwrite(run_dir, tiles, tmp_path, capsys):
     assert (tmp_path / "out" / "Image_1.tif").read_bytes() == b"earlier result"
 
 
-@pytest.mark.parametrize("lacking", [predict.STATS, predict.CONFIG, predict.WEIGHTS])
+@pytest.mark.parametrize("lacking", [inference.STATS, inference.CONFIG, inference.WEIGHTS])
 def test_checkpoint_lacking_a_file_is_named(run_dir, tiles, tmp_path, capsys, lacking):
     root, _ = tiles
     best = tmp_path / "run" / "best"
