@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -186,17 +185,16 @@ def decode_prob(stored: np.ndarray, nodata) -> np.ndarray:
 
 
 class _GroundArea:
-    """Areas in m² on the CRS's own body (Mars, Earth, ...), from pixel-space rings.
+    """Areas in m² on the CRS's own body (Mars, Earth, ...) of polygons in the CRS's coordinates.
 
-    Vertices are mapped through the transform, then to longitude/latitude on the CRS's
-    geodetic datum, and the polygon's ellipsoidal area is computed there (pyproj's Geod):
+    Vertices are mapped to longitude/latitude on the CRS's geodetic datum, and the polygon's ellipsoidal area is computed there (pyproj's Geod):
     true ground areas for projected CRSs whatever their distortion (the equirectangular
     projections of planetary mosaics overstate map area away from the true-scale latitude)
     and for geographic CRSs alike. Without a CRS there is no area (None).
     """
 
-    def __init__(self, crs, transform):
-        self.transform, self.geod, self.to_lonlat = transform, None, None
+    def __init__(self, crs):
+        self.geod, self.to_lonlat = None, None
         if crs is None:
             return
         import pyproj
@@ -214,15 +212,11 @@ class _GroundArea:
             return None
         area = 0.0
         for i, ring in enumerate(rings):
-            xs, ys = self.transform * np.asarray(ring, np.float64).T
+            xs, ys = np.asarray(ring, np.float64).T
             lon, lat = self.to_lonlat.transform(xs, ys)
             ring_area = abs(self.geod.polygon_area_perimeter(lon, lat)[0])
             area += ring_area if i == 0 else -ring_area  # the exterior minus its holes
         return area
-
-
-def _to_map(rings, transform) -> list[list[tuple[float, float]]]:
-    return [[tuple(transform * xy) for xy in ring] for ring in rings]
 
 
 def write_polygons(mask_path: Path, prob_path: Path, target: Path, min_area: float) -> int:
@@ -240,8 +234,8 @@ def write_polygons(mask_path: Path, prob_path: Path, target: Path, min_area: flo
     }
     written = 0
     with rasterio.open(mask_path) as masks, rasterio.open(prob_path) as probs:
-        crs, transform = masks.crs, masks.transform
-        ground_area = _GroundArea(crs, transform)
+        crs = masks.crs
+        ground_area = _GroundArea(crs)
         if crs is None and min_area > 0:
             log.warning("%s: no CRS, so no areas in m²: min-area is not applied", mask_path)
         band = rasterio.band(masks, 1)
@@ -249,18 +243,16 @@ def write_polygons(mask_path: Path, prob_path: Path, target: Path, min_area: flo
             target, "w", driver="GPKG", layer=LAYER, schema=schema,
             crs_wkt=crs.to_wkt() if crs is not None else "",
         ) as layer:
-            # Pixel-space shapes of the 1 (and 255) regions; 0 is left out by the mask.
+            # Shapes (in the CRS) of the 1 (and 255) regions; 0 is left out by the mask.
             for geometry, value in rasterio.features.shapes(band, mask=band):
                 if value != 1:
                     continue
-                rings = geometry["coordinates"]
-                area = ground_area(rings)
+                area = ground_area(geometry["coordinates"])
                 if area is not None and area < min_area:
                     continue
                 pixels, mean_prob = _region_stats(geometry, probs)
                 layer.write(fiona.Feature(
-                    geometry=fiona.Geometry(type="Polygon",
-                                            coordinates=_to_map(rings, transform)),
+                    geometry=fiona.Geometry.from_dict(geometry),
                     properties=fiona.Properties(area_m2=area, pixels=pixels, mean_prob=mean_prob),
                 ))
                 written += 1
@@ -268,14 +260,10 @@ def write_polygons(mask_path: Path, prob_path: Path, target: Path, min_area: flo
 
 
 def _region_stats(geometry: dict, probs) -> tuple[int, float]:
-    """Pixel count and mean probability of one pixel-space polygon."""
-    xs, ys = np.asarray(geometry["coordinates"][0], np.float64).T
-    col, row = int(math.floor(xs.min())), int(math.floor(ys.min()))
-    window = rasterio.windows.Window(col, row, int(math.ceil(xs.max())) - col,
-                                     int(math.ceil(ys.max())) - row)
+    """Pixel count and mean probability of one polygon (in `probs`' CRS), from its window."""
+    window = rasterio.features.geometry_window(probs, [geometry])
     inside = rasterio.features.geometry_mask(
-        [geometry], (window.height, window.width), rasterio.Affine.translation(col, row),
-        invert=True,
+        [geometry], (window.height, window.width), probs.window_transform(window), invert=True
     )
     prob = decode_prob(probs.read(1, window=window), probs.nodata)[inside]
     return int(inside.sum()), float(np.nanmean(prob))
