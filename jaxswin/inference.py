@@ -40,10 +40,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxswin import config as config_lib
-from jaxswin import models, runtime, tta, weights
+from jaxswin import models, parallel, runtime, tta, weights
 from jaxswin.data import bands, normalize
 from jaxswin.errors import ConfigError, DataError, UserError
 
@@ -341,12 +340,10 @@ class Ensemble:
         self.profile = trained_profile(members)
         self.tile = sizes.pop()
         self.blend = blend_window(self.tile)
-        devices = jax.devices()
-        mesh = Mesh(np.asarray(devices), ("batch",))
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
-        replicated = NamedSharding(mesh, PartitionSpec())
+        placement = parallel.Placement.all_devices()
+        self.batch_sharding, replicated = placement.data, placement.replicated
         # Fixed batch shape: a multiple of the device count so every device gets equal rows.
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        self.batch_size = parallel.round_up(batch_size)
 
         groups: dict[config_lib.ModelConfig, list[Member]] = collections.defaultdict(list)
         for member in members:
