@@ -545,3 +545,46 @@ def test_ground_areas_on_the_bodys_own_ellipsoid():
     # A hole is subtracted; without a CRS there is no area.
     assert area(geographic, degrees, pixels) == pytest.approx(got * 0.96, rel=1e-3)
     assert maps._GroundArea(None)(pixels) is None
+
+
+# ----------------------------------------------------------------------------- run layouts
+
+
+def test_every_run_layout_is_a_checkpoint(run_dir, tmp_path):
+    best = run_dir / "fold0" / "best"
+    official = tmp_path / "official_run"
+    shutil.copytree(best, official / "official" / "best")  # after `jaxswin.train --fold official`
+    assert inference.best_folders(official) == [official / "official" / "best"]
+    assert inference.best_folders(official / "official") == [official / "official" / "best"]
+    both = tmp_path / "both"  # folds and the official model: the workdir means its folds
+    for name in ("fold1", "fold0", "official", "fold10"):
+        shutil.copytree(best, both / name / "best")
+    assert inference.best_folders(both) == [both / f"fold{k}" / "best" for k in (0, 1, 10)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(inference.UserError, match="RUN/official/best"):
+        inference.best_folders(tmp_path / "empty")
+
+
+def test_the_command_training_prints_works_as_printed(tmp_path):
+    import shlex
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "JAXSWIN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    train = [
+        sys.executable, "-m", "jaxswin.train", "--fold", "official", "--preset", "tiny",
+        "--workdir", str(tmp_path / "run"), "--set", "train.epochs=1",
+        "--set", "train.max_steps_per_epoch=2", "--set", "train.batch_size=4",
+        "--set", "train.eval_batch_size=8", "--set", "data.workers=0",
+    ]
+    result = subprocess.run(train, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [l for l in result.stdout.splitlines() if l.startswith("predict with: ")]
+    words = shlex.split(line.removeprefix("predict with: "))
+    assert words[:3] == ["python", "-m", "jaxswin.predict"] and "TILES" not in words
+    assert words[words.index("--checkpoint") + 1] == str(tmp_path / "run" / "official")
+    result = subprocess.run([sys.executable, *words[1:]], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    inputs = sorted(p.name for p in Path(words[words.index("--input") + 1]).glob("*.tif"))
+    outputs = sorted(p.name for p in (tmp_path / "run" / "predictions").glob("*.tif"))
+    assert inputs and outputs == inputs
