@@ -16,6 +16,7 @@ each scene is its wall time less that. Nothing is asserted: the figures go into 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -82,9 +83,19 @@ def make_run(folder: Path, preset: str) -> Path:
     return best
 
 
-def map_scene(best: Path, scene: Path, output: Path, env: dict, tta: str):
+# The engine without the models: the device function gives zeros (reading, nodata, scaling,
+# blending and writing measured at scales a shared CPU cannot push the models through in time).
+ENGINE_ONLY = (
+    "import sys, jax; from jaxswin import inference, predict; "
+    "inference._compiled_proba = lambda *_, sharding=None, **__: jax.jit(lambda stacked, tiles: "
+    "tiles[..., 0] * 0); predict.main(sys.argv[1:])"
+)
+
+
+def map_scene(best: Path, scene: Path, output: Path, env: dict, tta: str, engine_only=False):
     """(wall seconds, CPU seconds, peak RSS in GiB) of one `jaxswin.predict` child process."""
-    command = [sys.executable, "-m", "jaxswin.predict", "--checkpoint", str(best),
+    program = ["-c", ENGINE_ONLY] if engine_only else ["-m", "jaxswin.predict"]
+    command = [sys.executable, *program, "--checkpoint", str(best),
                "--input", str(scene), "--output", str(output), "--tta", tta, "--overwrite"]
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -118,6 +129,8 @@ def main(argv=None):
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--tta", default="rot4")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="replace the models by zeros: the cost of everything else")
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir)
@@ -130,8 +143,10 @@ def main(argv=None):
 
     warm = workdir / "warm.tif"
     write_scene(warm, 512, order)
-    map_scene(best, warm, workdir / "out", env, args.tta)
-    fixed, fixed_cpu, warm_rss = map_scene(best, warm, workdir / "out", env, args.tta)  # cached
+    mapped = functools.partial(map_scene, best, output=workdir / "out", env=env, tta=args.tta,
+                               engine_only=args.engine_only)
+    mapped(warm)
+    fixed, fixed_cpu, warm_rss = mapped(warm)  # compile cached
     warm.unlink()
     print(f"fixed cost (512² scene, compile cached): {fixed:.1f} s wall, {fixed_cpu:.1f} s CPU, "
           f"peak RSS {warm_rss:.2f} GiB", flush=True)
@@ -144,7 +159,7 @@ def main(argv=None):
         written = time.perf_counter() - start
         load = load_average()
         try:
-            seconds, cpu, rss = map_scene(best, scene, workdir / "out", env, args.tta)
+            seconds, cpu, rss = mapped(scene)
         finally:
             scene.unlink()
             shutil.rmtree(workdir / "out", ignore_errors=True)
@@ -169,6 +184,7 @@ def main(argv=None):
               f"{last['cpu_s_per_valid_mpx'] / before['cpu_s_per_valid_mpx']:.2f}")
     if args.json:
         figures = {"cpu": cpu_model(), "preset": args.preset, "tta": args.tta,
+                   "engine_only": args.engine_only,
                    "fixed_s": fixed, "fixed_cpu_s": fixed_cpu, "scenes": results}
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     shutil.rmtree(workdir / "run", ignore_errors=True)
