@@ -5,7 +5,7 @@
 
 Random weights (speed does not depend on them) shared by every fold, random tiles of the
 model's size. Two figures: the device path alone (`Ensemble.predict_proba` on tiles already
-percentile-scaled in memory) and the whole scene path (`predict_scenes` on raw tiles: per-tile
+percentile-scaled in memory) and the whole scene path (`Ensemble.stream` of raw tiles: per-tile
 percentile scaling in the reading thread, blending, plus the device path). Compile time is
 reported apart. Nothing is asserted: the figures go into the README.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxswin import config, models, predict
+from jaxswin import config, inference, models
 from jaxswin.data import bands, normalize
 
 
@@ -41,10 +41,10 @@ def main(argv=None):
     variables = jax.device_get(variables)
     stats = normalize.Stats(bands.CHANNELS, (0.5,) * 7, (0.25,) * 7, pos_weight=1.86)
     members = [
-        predict.Member(Path(f"random/fold{k}/best"), cfg, stats, variables)
+        inference.Member(Path(f"random/fold{k}/best"), cfg, stats, variables)
         for k in range(args.folds)
     ]
-    ensemble = predict.Ensemble(members, args.tta, args.batch_size, args.precision)
+    ensemble = inference.Ensemble(members, args.tta, args.batch_size, args.precision)
     size, views = ensemble.tile, len(ensemble.views)
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(args.tiles, size, size, len(bands.CHANNELS))).astype(np.float32)
@@ -65,13 +65,13 @@ def main(argv=None):
     device_rate = args.tiles / (time.perf_counter() - start)
 
     start = time.perf_counter()
-    for _ in ensemble.predict_scenes((None, tile) for tile in raw):
+    for _ in ensemble.stream((None, lambda tile=tile: inference.ArrayReader(tile)) for tile in raw):
         pass
     scene_rate = args.tiles / (time.perf_counter() - start)
 
     print(f"device path (predict_proba): {device_rate:.2f} tiles/s "
           f"({device_rate * args.folds * views:.1f} model forwards/s) over {args.tiles} tiles")
-    print(f"scene path (predict_scenes, with scaling and blending): {scene_rate:.2f} tiles/s")
+    print(f"scene path (stream, with scaling and blending): {scene_rate:.2f} tiles/s")
 
 
 if __name__ == "__main__":

@@ -132,12 +132,12 @@ def tta_scores(cfg: config_lib.Config, fold, fold_dir: Path, compute: bool) -> d
     if not compute:
         return None
     from jaxswin import data as data_lib
-    from jaxswin import predict
+    from jaxswin import inference
 
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
     _, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
-    ensemble = predict.load_ensemble(
+    ensemble = inference.load_ensemble(
         [fold_dir / "best"], cfg.predict.tta, cfg.predict.batch_size, cfg.predict.precision
     )
     ensemble.predict_proba(images[val_idx[:1]])  # compiles: the timing below is prediction only

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -34,6 +35,7 @@ from jaxswin import cli as cli_lib
 from jaxswin import config as config_lib
 from jaxswin import console, losses, metrics, models, parallel, runtime, weights
 from jaxswin import data as data_lib
+from jaxswin.data.dataset import cache_dir
 from jaxswin.errors import ConfigError, UserError, cli
 
 log = logging.getLogger("jaxswin.train")
@@ -660,11 +662,24 @@ def main(argv=None):
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
     summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard) for f in folds]
     if parallel.is_main():
-        print(format_summary(summaries, workdir))  # the run's result, on stdout
+        command = predict_command(cfg, folds, workdir)
+        print(format_summary(summaries, workdir, command))  # the run's result, on stdout
     return 0
 
 
-def format_summary(summaries: list[dict], workdir: Path) -> str:
+def predict_command(cfg: config_lib.Config, folds: list, workdir: Path) -> str:
+    """The jaxswin.predict command for this run's models, runnable as printed: on the data's
+    test (unlabelled) images if it has them, else its validation images."""
+    checkpoint = workdir if len(folds) > 1 else workdir / fold_dirname(folds[0])
+    root = Path(cfg.data.root) if cfg.data.root else data_lib.synthetic.ensure(cache_dir())
+    found = [root / s / "images" for s in ("test", "val") if (root / s / "images").is_dir()]
+    tiles = found[0] if found else root / "images" if (root / "images").is_dir() else "TILES"
+    words = ["python", "-m", "jaxswin.predict", "--checkpoint", str(checkpoint),
+             "--input", str(tiles), "--output", str(workdir / "predictions")]
+    return shlex.join(words)
+
+
+def format_summary(summaries: list[dict], workdir: Path, command: str) -> str:
     lines = [f"\nfinished: {workdir}"]
     for s in summaries:
         b = s["best"]
@@ -675,8 +690,7 @@ def format_summary(summaries: list[dict], workdir: Path) -> str:
         f1s = np.array([s["best"]["f1"] for s in summaries])
         lines.append(f"  mean over folds: mIoU {mious.mean():.4f} ± {mious.std():.4f}, "
                      f"F1 {f1s.mean():.4f} ± {f1s.std():.4f}")
-    lines.append(f"predict with: python -m jaxswin.predict --checkpoint {workdir} "
-                 "--input TILES --output MASKS")
+    lines.append(f"predict with: {command}")
     return "\n".join(lines)
 
 

@@ -50,6 +50,17 @@ def test_constant_and_invalid_bands_become_zero_never_nan():
     assert not scaled[holes, 3].any()
 
 
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_an_image_without_any_valid_pixel_scales_to_zero(bad):
+    # A window wholly inside a scene's nodata collar: no band has a value to take P1/P99 of.
+    image = np.full((16, 24, 7), bad, np.float32)
+    scaled = percentile_scale(image)
+    assert scaled.shape == image.shape and scaled.dtype == np.float32 and not scaled.any()
+    # One valid pixel in some bands: those bands scale (a single value: constant, so 0) too.
+    image[3, 5, :3] = np.random.default_rng().normal(size=3)
+    assert not percentile_scale(image).any()
+
 def test_stats_use_only_the_given_tiles():
     rng = np.random.default_rng()
     images = rng.random((12, 8, 8, 7)).astype(np.float32) * np.arange(1, 8, dtype=np.float32)

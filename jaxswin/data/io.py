@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import scipy.ndimage
+import rasterio.windows
 import tifffile
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
@@ -113,6 +114,46 @@ def _read_page_stack(path: Path, num_bands: int) -> tuple[np.ndarray, float | No
     return data, (float(nodata.value) if nodata is not None else None)
 
 
+def _open_rasterio(path: Path):
+    """The file opened for reading through rasterio, or a DataError naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioError as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> DataError:
+    detail = err.__cause__ or err  # GDAL's own message: "...IReadBlock failed..."
+    return DataError(f"{path}: not a readable GeoTIFF, truncated or corrupt ({detail})")
+
+
+def _georef(src) -> dict:
+    return {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height}
+
+
+def _as_float(path: Path, data: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """(H, W, C) raw pixels as float32, NaN where `invalid` or not finite."""
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise DataError(f"{path}: pixel type {data.dtype} is not a real number type")
+    image = data.astype(np.float32)
+    invalid |= ~np.isfinite(image)
+    image[invalid] = np.nan
+    return image
+
+
+def _read_masked(path: Path, src, window=None) -> np.ndarray:
+    """Bands of `src` (in `window`) as (h, w, C) float32, NaN where the file's nodata value or
+    mask says so, or where the value is not finite."""
+    try:
+        masked = src.read(window=window, masked=True)
+    except RasterioError as err:
+        raise _unreadable(path, err) from None
+    data = np.moveaxis(masked.data, 0, -1)
+    return _as_float(path, data, np.moveaxis(np.ma.getmaskarray(masked), 0, -1))
+
+
 def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
     """(H, W, C) float32 with NaN for nodata/non-finite pixels, and the georeference."""
     if path.is_dir():
@@ -126,39 +167,77 @@ def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
     stack = _read_page_stack(path, num_bands)
     if stack is not None:
         data, nodata = stack
-        height, width = data.shape[:2]
-        georef = {
-            "crs": None,
-            "transform": rasterio.Affine.identity(),
-            "width": width,
-            "height": height,
-        }
         invalid = (data == nodata) if nodata is not None else np.zeros(data.shape, bool)
-    else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    masked = src.read(masked=True)
-                    georef = {
-                        "crs": src.crs,
-                        "transform": src.transform,
-                        "width": src.width,
-                        "height": src.height,
-                    }
-        except RasterioError as err:
-            detail = err.__cause__ or err  # GDAL's own message: "...IReadBlock failed..."
+        return _as_float(path, data, invalid), _stack_georef(data)
+    with _open_rasterio(path) as src:
+        return _read_masked(path, src), _georef(src)
+
+
+def _stack_georef(data: np.ndarray) -> dict:
+    height, width = data.shape[:2]
+    return {"crs": None, "transform": rasterio.Affine.identity(), "width": width, "height": height}
+
+
+class SceneReader:
+    """A tile or scene opened for reading a strip of rows at a time (a scene never whole).
+
+    `read(row, count)` gives rows [row, row + count) as float32 (count, W, 7) in canonical
+    channel order, NaN where any nodata value, mask, NaN or Inf says so. Page stacks (tifffile's
+    layout, small tiles) are read whole once; GeoTIFFs through rasterio windows.
+    """
+
+    def __init__(self, path: str | Path, channels: tuple[str, ...]):
+        self.path, self.order = Path(path), bands.to_canonical(channels)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such file")
+        stack = _read_page_stack(self.path, len(channels))
+        self._src = self._image = None
+        if stack is not None:
+            data, nodata = stack
+            invalid = (data == nodata) if nodata is not None else np.zeros(data.shape, bool)
+            self._image, self.georef = _as_float(self.path, data, invalid), _stack_georef(data)
+            count = self._image.shape[-1]
+        else:
+            self._src = _open_rasterio(self.path)
+            self.georef, count = _georef(self._src), self._src.count
+        if count != len(channels):
+            self.close()
             raise DataError(
-                f"{path}: not a readable GeoTIFF, truncated or corrupt ({detail})"
-            ) from None
-        data = np.moveaxis(masked.data, 0, -1)
+                f"{self.path}: {count} band(s), but the band profile lists {len(channels)} "
+                f"({', '.join(channels)}); pass the matching band profile"
+            )
+        self.height, self.width = self.georef["height"], self.georef["width"]
+
+    def read(self, row: int, count: int) -> np.ndarray:
+        if self._image is not None:
+            rows = self._image[row : row + count]
+        else:
+            window = rasterio.windows.Window(0, row, self.width, count)
+            rows = _read_masked(self.path, self._src, window)
+        return rows[..., self.order]
+
+    def overview(self, max_side: int) -> np.ndarray:
+        """The whole image decimated (nearest) so its longest side is at most `max_side`."""
+        step = max(1, -(-max(self.height, self.width) // max_side))
+        if self._image is not None:
+            return self._image[::step, ::step][..., self.order]
+        shape = (self._src.count, -(-self.height // step), -(-self.width // step))
+        try:
+            masked = self._src.read(out_shape=shape, masked=True)
+        except RasterioError as err:
+            raise _unreadable(self.path, err) from None
         invalid = np.moveaxis(np.ma.getmaskarray(masked), 0, -1)
-    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
-        raise DataError(f"{path}: pixel type {data.dtype} is not a real number type")
-    image = data.astype(np.float32)
-    invalid |= ~np.isfinite(image)
-    image[invalid] = np.nan
-    return image, georef
+        return _as_float(self.path, np.moveaxis(masked.data, 0, -1), invalid)[..., self.order]
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_size(path: Path, image: np.ndarray, size: int | None) -> None:

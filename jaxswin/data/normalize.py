@@ -24,8 +24,9 @@ _CHUNK = 64  # tiles per step when summing, to keep float64 temporaries small
 def percentile_scale(image: np.ndarray) -> np.ndarray:
     """Clips each band of an (H, W, C) image to its [P1, P99] and rescales it to [0, 1].
 
-    A constant band becomes 0. NaN pixels (nodata) are left out of the percentiles and set to 0,
-    so the result is always finite.
+    A constant band becomes 0. NaN pixels (nodata) are left out of the percentiles and set to 0
+    (the band's low end), so the result is always finite, also for an image with no valid pixel
+    (all 0).
     """
     image = np.asarray(image, np.float32)
     valid = np.isfinite(image)
@@ -37,9 +38,10 @@ def percentile_scale(image: np.ndarray) -> np.ndarray:
         columns = pixels.reshape(-1, image.shape[-1])
         has_values = valid.reshape(columns.shape).any(axis=0)
         low, high = np.zeros((2, image.shape[-1]))
-        low[has_values], high[has_values] = np.nanpercentile(
-            columns[:, has_values], [1, 99], axis=0
-        )
+        if has_values.any():  # nanpercentile of no band at all is an empty array, not 2 rows
+            low[has_values], high[has_values] = np.nanpercentile(
+                columns[:, has_values], [1, 99], axis=0
+            )
     span = high - low
     scaled = (np.clip(pixels, low, high) - low) / np.where(span > 0, span, 1.0)
     scaled[..., span <= 0] = 0.0
