@@ -56,15 +56,12 @@ def lower_prediction(precision: str, batch: int = 4) -> str:
     batch split over every device, lowered for CUDA."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from jaxswin import config, models, predict
+    from jaxswin import config, inference, models, parallel
 
     cfg = config.load("tiny")
-    mesh = Mesh(np.asarray(jax.devices()), ("batch",))
-    sharding = NamedSharding(mesh, PartitionSpec("batch"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    placement = parallel.Placement.all_devices()
+    sharding, replicated = placement.data, placement.replicated
     module = models.build(cfg.model)
     variables = jax.eval_shape(lambda: models.init(module, cfg.model, jax.random.key(0)))
 
@@ -75,7 +72,7 @@ def lower_prediction(precision: str, batch: int = 4) -> str:
                 folds((7,), jnp.float32), folds((7,), jnp.float32))]
     side = cfg.model.img_size
     tiles = jax.ShapeDtypeStruct((batch, side, side, 7), jnp.float32, sharding=sharding)
-    proba = predict._compiled_proba((cfg.model,), "rot4", sharding, precision)
+    proba = inference._compiled_proba((cfg.model,), "rot4", sharding, precision)
     return proba.trace(stacked, tiles).lower(lowering_platforms=("cuda",)).as_text()
 
 
