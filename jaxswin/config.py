@@ -68,6 +68,10 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (quick runs, CI)
+    # A step with a non-finite loss or gradients (not an fp16 loss-scale overflow): "stop" the
+    # run at once (exit 3), or "skip" its update and stop after max_nonfinite in a row.
+    on_nonfinite: str = "stop"
+    max_nonfinite: int = 10
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,9 @@ def create_state(
         batch_stats=batch_stats,
         ema_params=jax.tree.map(jnp.copy, params),
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-        dynamic_scale=dynamic_scale_lib.DynamicScale() if precision == "fp16" else None,
+        # An overflow at scale 1 cannot be scaled away: the floor where fp16 overflow is divergence.
+        dynamic_scale=(dynamic_scale_lib.DynamicScale(minimum_scale=1.0) if precision == "fp16"
+                       else None),
     )
 
 
@@ -86,14 +88,28 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
             {"params": params, "batch_stats": state.batch_stats},
             batch["rgb"], batch["aux"], train=True, rngs={"dropout": key}, mutable=["batch_stats"],
         )
-        return loss_fn(logits.astype(jnp.float32), batch["mask"], pos_weight), updates["batch_stats"]
+        loss = loss_fn(logits.astype(jnp.float32), batch["mask"], pos_weight)
+        # The loss rides along unscaled too: fp16 loss scaling multiplies only the first output.
+        return loss, (loss, updates["batch_stats"])
 
     if state.dynamic_scale is not None:
         grad_fn = state.dynamic_scale.value_and_grad(objective, has_aux=True)
-        dynamic_scale, finite, (loss, batch_stats), grads = grad_fn(state.params)
+        dynamic_scale, grads_finite, (_, (loss, batch_stats)), grads = grad_fn(state.params)
     else:
-        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        dynamic_scale, finite = None, jnp.array(True)
+        (_, (loss, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        dynamic_scale = None
+        grads_finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    loss_finite = jnp.isfinite(loss)
+    finite = loss_finite & grads_finite
+    overflow = jnp.array(False)
+    if dynamic_scale is not None:
+        # Under fp16, scaled gradients that overflow while the loss is finite are a loss-scale
+        # event (the scale halves, the step is skipped), not divergence, until the scale is at
+        # its floor. A non-finite loss is divergence at any scale and leaves the scale alone.
+        overflow = loss_finite & ~grads_finite & (
+            state.dynamic_scale.scale > state.dynamic_scale.minimum_scale)
+        dynamic_scale = jax.tree.map(functools.partial(jnp.where, loss_finite), dynamic_scale,
+                                     state.dynamic_scale)
 
     stepped = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay is not None:  # ema = decay * ema + (1 - decay) * new weights (BN statistics too)
@@ -102,24 +118,25 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
             ema_params=ema(stepped.params, state.ema_params),
             ema_batch_stats=ema(stepped.batch_stats, state.ema_batch_stats),
         )
-    if dynamic_scale is not None:
-        # A step whose gradients overflowed changes nothing but the scale (and the step count).
-        keep_new = functools.partial(jnp.where, finite)
-        stepped = stepped.replace(
-            params=jax.tree.map(keep_new, stepped.params, state.params),
-            opt_state=jax.tree.map(keep_new, stepped.opt_state, state.opt_state),
-            batch_stats=jax.tree.map(keep_new, stepped.batch_stats, state.batch_stats),
-            ema_params=jax.tree.map(keep_new, stepped.ema_params, state.ema_params),
-            ema_batch_stats=jax.tree.map(keep_new, stepped.ema_batch_stats, state.ema_batch_stats),
-            dynamic_scale=dynamic_scale,
-        )
+    # A step with non-finite loss or gradients changes nothing but the step count (and the
+    # fp16 scale): params, optimiser state, BN statistics and EMA stay as they were.
+    keep_new = functools.partial(jnp.where, finite)
+    stepped = stepped.replace(
+        params=jax.tree.map(keep_new, stepped.params, state.params),
+        opt_state=jax.tree.map(keep_new, stepped.opt_state, state.opt_state),
+        batch_stats=jax.tree.map(keep_new, stepped.batch_stats, state.batch_stats),
+        ema_params=jax.tree.map(keep_new, stepped.ema_params, state.ema_params),
+        ema_batch_stats=jax.tree.map(keep_new, stepped.ema_batch_stats, state.ema_batch_stats),
+        dynamic_scale=dynamic_scale,
+    )
     scale = dynamic_scale.scale if dynamic_scale is not None else jnp.array(1.0)
     return stepped, {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "lr": schedule(state.step),
         "loss_scale": scale,
-        "finite": finite,
+        "finite": finite,  # the update was applied
+        "nonfinite": ~finite & ~overflow,  # divergence: counted against train.on_nonfinite
     }
 
 
