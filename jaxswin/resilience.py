@@ -128,7 +128,8 @@ class NonfiniteGuard:
 
 def exit_if_peer_lost(err: BaseException, heartbeat_timeout: int) -> None:
     """After an error in a multi-process run: if a process is gone, say which and exit with
-    EXIT_LOST_PEER; return if every process is alive (the error is then the caller's to raise).
+    EXIT_LOST_PEER; return if every process is alive or the coordinator does not answer in time
+    (the error is then the caller's to raise).
 
     The JAX coordination service declares a process dead once it has missed heartbeats for
     `heartbeat_timeout` seconds (jax.distributed.initialize(heartbeat_timeout_seconds=...));
@@ -138,7 +139,7 @@ def exit_if_peer_lost(err: BaseException, heartbeat_timeout: int) -> None:
     from jax._src import distributed  # the client of jax.distributed.initialize
 
     client = distributed.global_state.client
-    if client is None or isinstance(err, UserError):
+    if client is None or isinstance(err, (UserError, RunStopped)):
         return
     count, me = jax.process_count(), jax.process_index()
     answer: dict = {}
@@ -160,8 +161,8 @@ def exit_if_peer_lost(err: BaseException, heartbeat_timeout: int) -> None:
         detail = f"no heartbeat for {heartbeat_timeout} s"
     elif "failure" in answer:
         who, detail = "0 (the coordinator)", "unreachable"
-    else:
-        who, detail = "unknown", f"no answer from the coordinator in {heartbeat_timeout + 30} s"
+    else:  # every process may be alive, the others busy elsewhere: not a lost peer
+        return
     cause = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
     print(f"error: process {me} of {count}: lost process {who} ({detail}; here: {cause}). "
           "Rerun the same command on every process to resume from the last checkpoint.",
@@ -179,6 +180,15 @@ def storage_error(what: str, path: Path, err: OSError) -> StorageError:
     fix = ("free some space or choose another --workdir" if err.errno in (errno.ENOSPC, errno.EDQUOT)
            else "fix its permissions or choose another --workdir")
     return StorageError(f"{what} {path}: {reason}; {fix}")
+
+
+@contextlib.contextmanager
+def writing(what: str, path: Path):
+    """An OSError in the block (disk full, permissions) becomes a StorageError naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        raise storage_error(f"cannot write {what}", path, err) from None
 
 
 def check_writable(folder: Path) -> None:
