@@ -194,7 +194,7 @@ def writing(what: str, path: Path):
 def check_writable(folder: Path) -> None:
     """Creates `folder` and writes, syncs and removes a probe file in it: a read-only, missing
     or full run folder is found before any training."""
-    probe = folder / f".write-probe-{os.getpid()}"
+    probe = folder / f".write-probe-{jax.process_index()}-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         try:

@@ -1,5 +1,6 @@
 """The pure pieces of training, on a toy model: schedule, EMA, fp16 loss scaling, eval counts."""
 
+import functools
 import math
 
 import flax.linen as nn
