@@ -177,8 +177,9 @@ def exit_if_peer_lost(err: BaseException, heartbeat_timeout: int) -> None:
 
 def storage_error(what: str, path: Path, err: OSError) -> StorageError:
     reason = os.strerror(err.errno) if err.errno else str(err)
-    fix = ("free some space or choose another --workdir" if err.errno in (errno.ENOSPC, errno.EDQUOT)
-           else "fix its permissions or choose another --workdir")
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free some space" if full else "fix its permissions"
+    fix += " or choose another --workdir"
     return StorageError(f"{what} {path}: {reason}; {fix}")
 
 

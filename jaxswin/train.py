@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
     else:
         (_, (loss, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         dynamic_scale = None
-        grads_finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        grads_finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
     loss_finite = jnp.isfinite(loss)
     finite = loss_finite & grads_finite
     overflow = jnp.array(False)
@@ -562,6 +562,9 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         data = load_fold_data(cfg, fold, fold_dir)
         init_key, dropout_key = jax.random.split(jax.random.key(tcfg.seed))
         state = initial_state(cfg, precision, data.steps_per_epoch, init_key, pretrained)
+        # Placed first, so that a checkpoint is restored straight into this placement (several
+        # processes cannot move restored arrays between hosts afterwards).
+        state = jax.device_put(state, placement.replicated)
         resilience.check_free_space(fold_dir, resilience.tree_bytes(state),
                                     resilience.tree_bytes((state.params, state.batch_stats)),
                                     tcfg.keep_checkpoints)
@@ -577,7 +580,6 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
             log=RunLog(fold_dir, start_epoch, int(state.step)), manager=manager, stop=stop,
             guard=guard,
         )
-        state = jax.device_put(state, placement.replicated)
         log.info(describe_run(run, fold, precision))
         bar = console.progress(total=tcfg.epochs * data.steps_per_epoch,
                                initial=int(jax.device_get(state.step)), desc=fold_dirname(fold),
