@@ -84,6 +84,10 @@ class TrainConfig:
     # AdamW decays: "none" = every parameter (the paper's recipe), "timm" = not norms, biases,
     # logit scales or the CPB position MLP (timm's rule; see jaxswin.train.decay_mask).
     decay_mask: str = "none"
+    # A step with a non-finite loss or gradients (not an fp16 loss-scale overflow): "stop" the
+    # run at once (exit 3), or "skip" its update and stop after max_nonfinite in a row.
+    on_nonfinite: str = "stop"
+    max_nonfinite: int = 10
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,16 @@ class DataError(UserError):
     """A dataset, tile or mask that cannot be used."""
 
 
+class RunStopped(Exception):
+    """A run that stopped on purpose (diverged, preempted): one line and its own exit status."""
+
+    exit_code = 1
+    prefix = "error"
+
+
 def cli(main):
-    """Wraps a CLI entry point: a UserError becomes `error: ...` on stderr and exit status 2."""
+    """Wraps a CLI entry point: a UserError becomes `error: ...` on stderr and exit status 2, a
+    RunStopped its one line and its own status (jaxswin.resilience lists them)."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -32,6 +40,9 @@ def cli(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except RunStopped as err:
+            print(f"{err.prefix}: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None

@@ -97,10 +97,12 @@ def init_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     detect: bool = False,
+    heartbeat_timeout: int = 100,
 ) -> None:
     """Joins a multi-host run when asked by arguments or the environment
     (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or with `detect` on SLURM /
-    Open MPI / TPU pods, where JAX finds the cluster itself."""
+    Open MPI / TPU pods, where JAX finds the cluster itself. A process that sends no heartbeat
+    for `heartbeat_timeout` seconds counts as dead (jaxswin.resilience.exit_if_peer_lost)."""
     address = address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     count = num_processes or os.environ.get("JAX_NUM_PROCESSES")
     index = process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID")
@@ -112,9 +114,10 @@ def init_distributed(
             "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) together"
         )
     if address:
-        jax.distributed.initialize(address, int(count), int(index))
+        jax.distributed.initialize(address, int(count), int(index),
+                                   heartbeat_timeout_seconds=heartbeat_timeout)
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout)
     # Meet once now, while every process is at the same point: CPU collectives (gloo) set up
     # their communicator at the first collective and give up if a process is 30 s late, which
     # a process still compiling its model on a busy host can be.

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import shlex
 import shutil
 import sys
@@ -33,7 +34,7 @@ from flax.training import train_state
 
 from jaxswin import cli as cli_lib
 from jaxswin import config as config_lib
-from jaxswin import console, losses, metrics, models, parallel, runtime, weights
+from jaxswin import console, losses, metrics, models, parallel, resilience, runtime, weights
 from jaxswin import data as data_lib
 from jaxswin.data.dataset import cache_dir
 from jaxswin.errors import ConfigError, UserError, cli
@@ -96,7 +97,9 @@ def create_state(
         batch_stats=batch_stats,
         ema_params=jax.tree.map(jnp.copy, params),
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-        dynamic_scale=dynamic_scale_lib.DynamicScale() if precision == "fp16" else None,
+        # An overflow at scale 1 cannot be scaled away: the floor where fp16 overflow is divergence.
+        dynamic_scale=(dynamic_scale_lib.DynamicScale(minimum_scale=1.0) if precision == "fp16"
+                       else None),
     )
 
 
@@ -113,14 +116,28 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
             {"params": params, "batch_stats": state.batch_stats},
             batch["rgb"], batch["aux"], train=True, rngs={"dropout": key}, mutable=["batch_stats"],
         )
-        return loss_fn(logits.astype(jnp.float32), batch["mask"], pos_weight), updates["batch_stats"]
+        loss = loss_fn(logits.astype(jnp.float32), batch["mask"], pos_weight)
+        # The loss rides along unscaled too: fp16 loss scaling multiplies only the first output.
+        return loss, (loss, updates["batch_stats"])
 
     if state.dynamic_scale is not None:
         grad_fn = state.dynamic_scale.value_and_grad(objective, has_aux=True)
-        dynamic_scale, finite, (loss, batch_stats), grads = grad_fn(state.params)
+        dynamic_scale, grads_finite, (_, (loss, batch_stats)), grads = grad_fn(state.params)
     else:
-        (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        dynamic_scale, finite = None, jnp.array(True)
+        (_, (loss, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        dynamic_scale = None
+        grads_finite = jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+    loss_finite = jnp.isfinite(loss)
+    finite = loss_finite & grads_finite
+    overflow = jnp.array(False)
+    if dynamic_scale is not None:
+        # Under fp16, scaled gradients that overflow while the loss is finite are a loss-scale
+        # event (the scale halves, the step is skipped), not divergence, until the scale is at
+        # its floor. A non-finite loss is divergence at any scale and leaves the scale alone.
+        overflow = loss_finite & ~grads_finite & (
+            state.dynamic_scale.scale > state.dynamic_scale.minimum_scale)
+        dynamic_scale = jax.tree.map(functools.partial(jnp.where, loss_finite), dynamic_scale,
+                                     state.dynamic_scale)
 
     stepped = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_decay is not None:  # ema = decay * ema + (1 - decay) * new weights (BN statistics too)
@@ -129,24 +146,26 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
             ema_params=ema(stepped.params, state.ema_params),
             ema_batch_stats=ema(stepped.batch_stats, state.ema_batch_stats),
         )
-    if dynamic_scale is not None:
-        # A step whose gradients overflowed changes nothing but the scale (and the step count).
-        keep_new = functools.partial(jnp.where, finite)
-        stepped = stepped.replace(
-            params=jax.tree.map(keep_new, stepped.params, state.params),
-            opt_state=jax.tree.map(keep_new, stepped.opt_state, state.opt_state),
-            batch_stats=jax.tree.map(keep_new, stepped.batch_stats, state.batch_stats),
-            ema_params=jax.tree.map(keep_new, stepped.ema_params, state.ema_params),
-            ema_batch_stats=jax.tree.map(keep_new, stepped.ema_batch_stats, state.ema_batch_stats),
-            dynamic_scale=dynamic_scale,
-        )
+    # A step with non-finite loss or gradients changes nothing but the step count (and the
+    # fp16 scale): params, optimiser state, BN statistics and EMA stay as they were.
+    keep_new = functools.partial(jnp.where, finite)
+    stepped = stepped.replace(
+        params=jax.tree.map(keep_new, stepped.params, state.params),
+        opt_state=jax.tree.map(keep_new, stepped.opt_state, state.opt_state),
+        batch_stats=jax.tree.map(keep_new, stepped.batch_stats, state.batch_stats),
+        ema_params=jax.tree.map(keep_new, stepped.ema_params, state.ema_params),
+        ema_batch_stats=jax.tree.map(keep_new, stepped.ema_batch_stats, state.ema_batch_stats),
+        dynamic_scale=dynamic_scale,
+    )
     scale = dynamic_scale.scale if dynamic_scale is not None else jnp.array(1.0)
     return stepped, {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "lr": schedule(state.step),
         "loss_scale": scale,
-        "finite": finite,
+        "step": state.step,  # this step's index, from 0
+        "finite": finite,  # the update was applied
+        "nonfinite": ~finite & ~overflow,  # divergence: counted against train.on_nonfinite
     }
 
 
@@ -200,7 +219,7 @@ def fold_dirname(fold) -> str:
 def open_run(cfg: config_lib.Config, fold, workdir: Path) -> Path:
     """The fold's run folder, refusing one that holds a run of another configuration."""
     fold_dir = workdir / fold_dirname(fold)
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    resilience.check_writable(fold_dir)  # a read-only or full folder fails here, not at epoch 1
     config_text = config_lib.to_toml(cfg)
     saved_config = fold_dir / "config.toml"
     if saved_config.exists() and saved_config.read_text() != config_text:
@@ -211,6 +230,7 @@ def open_run(cfg: config_lib.Config, fold, workdir: Path) -> Path:
     parallel.sync("jaxswin.train: run config checked")  # every process read it before 0 writes
     if parallel.is_main():
         saved_config.write_text(config_text)
+        resilience.recover_dir(fold_dir / "best")
     return fold_dir
 
 
@@ -237,51 +257,62 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState):
     return None, None
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, epoch: int, best: dict):
-    manager.save(
-        epoch,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({"epoch": epoch, "best": best}),
-        ),
-    )
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+    """Checkpoints `state` under its global `step` with `meta` (see restore_or_start); orbax
+    writes into a temporary folder and renames it when complete, so a failed write leaves the
+    earlier checkpoints as they were. A step already saved is not saved again."""
+    if manager.latest_step() == step:
+        return
+    with resilience.writing("a checkpoint to", Path(manager.directory)):
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)))
+
+
+def finish_checkpoints(manager: ocp.CheckpointManager) -> None:
+    """Waits for the checkpoint being written in the background (its failure surfaces here)."""
+    with resilience.writing("a checkpoint to", Path(manager.directory)):
+        manager.wait_until_finished()
+
+
+def describe_checkpoint(manager: ocp.CheckpointManager, steps_per_epoch: int) -> str:
+    step = manager.latest_step()
+    if step is None:
+        return "none yet (a rerun starts from scratch)"
+    epoch, in_epoch = divmod(step, steps_per_epoch)
+    where = f"after epoch {epoch}" if not in_epoch else f"epoch {epoch + 1}, after step {in_epoch}"
+    return f"{Path(manager.directory) / str(step)} ({where})"
 
 
 def export_best(fold_dir: Path, cfg: config_lib.Config, stats, variables: dict, scores: dict):
     """Writes best/ (weights, config, normalisation statistics, scores) for jaxswin.predict;
-    the previous best/ is replaced only once the new one is complete."""
-    staging, best, old = fold_dir / "best.tmp", fold_dir / "best", fold_dir / "best.old"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    weights.save(
-        staging / "model.safetensors",
-        jax.device_get(variables),
-        {"format": "jaxswin-model", "config": config_lib.to_toml(cfg)},
-    )
-    (staging / "config.toml").write_text(config_lib.to_toml(cfg))
-    stats.save(staging / "stats.json")
-    (staging / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
-    if best.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        best.rename(old)
-    staging.rename(best)
-    shutil.rmtree(old, ignore_errors=True)
+    the previous best/ is replaced only once the new one is complete (a failed write leaves it)."""
+    with resilience.replacing_dir(fold_dir / "best") as staging:
+        weights.save(
+            staging / "model.safetensors",
+            jax.device_get(variables),
+            {"format": "jaxswin-model", "config": config_lib.to_toml(cfg)},
+        )
+        (staging / "config.toml").write_text(config_lib.to_toml(cfg))
+        stats.save(staging / "stats.json")
+        (staging / "metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
 
 
 class RunLog:
     """The fold's logs: steps.jsonl, metrics.jsonl, curves.png and, if asked for, TensorBoard
     event files under tensorboard/; written by process 0 only.
 
-    Opening it drops the records after the last completed epoch (a resumed run redoes the rest).
+    Opening it drops the records after the checkpoint the run resumes from (it redoes the rest).
     """
 
-    def __init__(self, fold_dir: Path, completed_epochs: int, tensorboard: bool = False):
+    def __init__(self, fold_dir: Path, completed_epochs: int, completed_steps: int,
+                 tensorboard: bool = False):
         self.fold_dir, self.main = fold_dir, parallel.is_main()
         self.history: list[dict] = []
         self.writer = None
         if self.main:
-            self.history = truncate_log(fold_dir / "metrics.jsonl", completed_epochs)
-            truncate_log(fold_dir / "steps.jsonl", completed_epochs)
+            self.history = truncate_log(fold_dir / "metrics.jsonl",
+                                        lambda r: r["epoch"] <= completed_epochs)
+            truncate_log(fold_dir / "steps.jsonl", lambda r: r["step"] < completed_steps)
         if self.main and tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -293,7 +324,7 @@ class RunLog:
     def step(self, epoch: int, step_metrics: dict) -> dict:
         """Fetches one step's metrics from the device, logs and returns them."""
         values = {k: v.item() for k, v in jax.device_get(step_metrics).items()}
-        values["finite"] = bool(values["finite"])
+        values["finite"], values["nonfinite"] = bool(values["finite"]), bool(values["nonfinite"])
         self._append("steps.jsonl", {"epoch": epoch + 1, **values})
         return values
 
@@ -328,12 +359,12 @@ def epoch_scalars(record: dict) -> dict[str, float]:
     return scalars
 
 
-def truncate_log(path: Path, completed_epochs: int) -> list[dict]:
-    """Keeps the records of a .jsonl log up to `completed_epochs` and returns them."""
+def truncate_log(path: Path, keep) -> list[dict]:
+    """Keeps the records of a .jsonl log for which `keep(record)` holds and returns them."""
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r["epoch"] <= completed_epochs]
+    records = [r for r in records if keep(r)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
 
@@ -410,15 +441,22 @@ def initial_state(cfg: config_lib.Config, precision: str, steps_per_epoch: int, 
     return create_state(module, variables, cfg.train, steps_per_epoch, precision)
 
 
-def restore_or_start(manager: ocp.CheckpointManager, state: TrainState, fold_dir: Path):
-    """(state, completed epochs, best so far) from the latest checkpoint, else a fresh start."""
+def restore_or_start(manager: ocp.CheckpointManager, state: TrainState, fold_dir: Path,
+                     steps_per_epoch: int) -> tuple[TrainState, dict]:
+    """(state, progress) from the latest checkpoint, else a fresh start. The progress is the
+    checkpoint's meta: completed "epoch"s, "step_in_epoch" steps of the next one done (a run
+    stopped mid-epoch) with their "partial_steps" records, and the "best" weights so far."""
     restored, meta = restore_latest(manager, state)
+    fresh = {"epoch": 0, "step_in_epoch": 0, "partial_steps": [], "best": {"miou": -1.0}}
     if restored is None:
-        return state, 0, {"miou": -1.0}
-    best = meta["best"]
-    log.info("resuming %s after epoch %d (best so far: epoch %s, %s weights, mIoU %.4f)",
-             fold_dir, meta["epoch"], best.get("epoch"), best.get("weights"), best["miou"])
-    return restored, meta["epoch"], best
+        return state, fresh
+    progress = {**fresh, **meta}
+    best, epoch, step = progress["best"], progress["epoch"], progress["step_in_epoch"]
+    where = (f"in epoch {epoch + 1} after step {step} of {steps_per_epoch}" if step
+             else f"after epoch {epoch}")
+    log.info("resuming %s %s (best so far: epoch %s, %s weights, mIoU %.4f)",
+             fold_dir, where, best.get("epoch"), best.get("weights"), best["miou"])
+    return restored, progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,30 +473,35 @@ class FoldRun:
     pos_weight: jax.Array
     threshold: jax.Array
     log: RunLog
+    manager: ocp.CheckpointManager
+    stop: resilience.StopSignals  # SIGTERM / SIGINT: checkpoint at the current step and exit
+    guard: resilience.NonfiniteGuard  # train.on_nonfinite
 
 
-def train_epoch(run: FoldRun, state: TrainState, epoch: int, bar) -> tuple[TrainState, dict]:
-    """One epoch of steps, each step's metrics logged; returns the state and the epoch's loss,
-    learning rate, loss scale, skipped steps and timing."""
+def train_epoch(run: FoldRun, state: TrainState, epoch: int, bar,
+                done: list[dict]) -> tuple[TrainState, list[dict], dict]:
+    """The epoch's steps after the `done` ones (a run resumed mid-epoch), each step's metrics
+    logged and checked against train.on_nonfinite; returns the state, every step's record and
+    the timing. A stop request cuts the epoch short: fewer records than steps_per_epoch."""
     tcfg, data = run.cfg.train, run.data
     epoch_start = time.perf_counter()
-    seen, pending, timed_steps, timed_from = [], None, 0, None
+    seen, pending, timed_steps, timed_from = list(done), None, 0, None
     batches = data_lib.loader.train_loader(
         data.images, data.masks, data.train_idx, data.stats, global_batch_size=tcfg.batch_size,
         seed=tcfg.seed, epoch=epoch, augment=run.cfg.data.augment, workers=run.cfg.data.workers,
-        device_warp=run.cfg.data.device_warp,
+        device_warp=run.cfg.data.device_warp, start_step=len(done),
     )
     # enumerate + break (not islice) runs the loader to its end when the epoch is whole, so its
     # worker stream carries on into the next epoch.
-    for step_in_epoch, batch in enumerate(batches):
-        if step_in_epoch >= data.steps_per_epoch:
+    for step_in_epoch, batch in enumerate(batches, start=len(done)):
+        if step_in_epoch >= data.steps_per_epoch or run.stop.requested():
             break
         state, step_metrics = run.train_fn(state, run.placement.shard(batch), run.pos_weight,
                                            run.dropout_key)
         if pending is not None:  # read the previous step's metrics while this one runs
-            seen.append(run.log.step(epoch, pending))
+            seen.append(record_step(run, epoch, pending))
         pending = step_metrics
-        if step_in_epoch == 1:  # the first step compiled; time from here
+        if step_in_epoch == len(done) + 1:  # the first step compiled; time from here
             timed_from = time.perf_counter()
         elif timed_from is not None:
             timed_steps += 1
@@ -466,16 +509,54 @@ def train_epoch(run: FoldRun, state: TrainState, epoch: int, bar) -> tuple[Train
         bar.set_postfix(epoch=epoch + 1, loss=f"{seen[-1]['loss']:.4f}" if seen else "...",
                         tiles_s=f"{rate or 0.0:.1f}", refresh=False)
         bar.update(1)
-    seen.append(run.log.step(epoch, pending))
+    if pending is not None:
+        seen.append(record_step(run, epoch, pending))
     rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
-    return state, {
-        "loss": float(np.mean([s["loss"] for s in seen])),
+    return state, seen, {"train_seconds": round(time.perf_counter() - epoch_start, 2),
+                         "tiles_per_s": round(rate, 2) if rate else None}
+
+
+def record_step(run: FoldRun, epoch: int, step_metrics: dict) -> dict:
+    """Logs a step's metrics; stops the run (Diverged) when train.on_nonfinite says so."""
+    values = run.log.step(epoch, step_metrics)
+    reason = run.guard.reason_to_stop(values["nonfinite"])
+    if reason:
+        steps = run.data.steps_per_epoch
+        raise resilience.Diverged(
+            f"{reason} at epoch {epoch + 1}, step {values['step'] - epoch * steps + 1} of {steps} "
+            f"(global step {values['step'] + 1}) in {run.fold_dir}; last good checkpoint: "
+            f"{describe_checkpoint(run.manager, steps)}. Lower train.lr, or set "
+            'train.on_nonfinite="skip", and train in a new --workdir'
+        )
+    return values
+
+
+def summarize_steps(seen: list[dict]) -> dict:
+    """The epoch record's training part: mean loss over the steps with a finite loss, the last
+    learning rate and loss scale, the skipped steps (fp16 overflow or non-finite) and, of
+    those, the non-finite ones."""
+    finite_losses = [s["loss"] for s in seen if math.isfinite(s["loss"])]
+    return {
+        "loss": float(np.mean(finite_losses)) if finite_losses else float("nan"),
         "lr": seen[-1]["lr"],
         "loss_scale": seen[-1]["loss_scale"],
         "skipped_steps": sum(not s["finite"] for s in seen),
-        "train_seconds": round(time.perf_counter() - epoch_start, 2),
-        "tiles_per_s": round(rate, 2) if rate else None,
+        "nonfinite_steps": sum(s["nonfinite"] for s in seen),
     }
+
+
+def stop_here(run: FoldRun, state: TrainState, epoch: int, seen: list[dict], best: dict):
+    """Saves the state at the step reached mid-epoch, with the epoch's records so far, and
+    ends the run (Preempted); a rerun continues from this very step."""
+    steps = run.data.steps_per_epoch
+    meta = {"epoch": epoch, "step_in_epoch": len(seen), "partial_steps": seen, "best": best}
+    save_checkpoint(run.manager, epoch * steps + len(seen), state, meta)
+    finish_checkpoints(run.manager)
+    why = run.stop.received or "another process received a stop signal"
+    raise resilience.Preempted(
+        f"{why}: saved a checkpoint at epoch {epoch + 1}, step {len(seen)} of {steps} "
+        f"({describe_checkpoint(run.manager, steps)}); rerun the same command to resume there"
+    )
 
 
 def tiles_per_second(tiles: int, since: float | None) -> float | None:
@@ -506,8 +587,8 @@ def score(run: FoldRun, variables: dict) -> dict:
     return {**metrics.summarize(counts), "loss": loss_sum / max(tiles, 1.0)}
 
 
-def end_epoch(run: FoldRun, manager: ocp.CheckpointManager, state: TrainState, record: dict,
-              candidates: dict[str, dict], best: dict) -> dict:
+def end_epoch(run: FoldRun, state: TrainState, record: dict, candidates: dict[str, dict],
+              best: dict) -> dict:
     """Exports the better-scoring weights as best/ when they beat the best so far, logs the
     epoch and checkpoints the state; returns the best so far."""
     kind = max(candidates, key=lambda k: record[k]["miou"])
@@ -518,47 +599,70 @@ def end_epoch(run: FoldRun, manager: ocp.CheckpointManager, state: TrainState, r
             export_best(run.fold_dir, run.cfg, run.data.stats, candidates[kind], best)
     run.log.epoch(record)
     log.info(format_epoch(record, run.cfg.train.epochs, improved))
-    save_checkpoint(manager, state, record["epoch"], best)
+    meta = {"epoch": record["epoch"], "step_in_epoch": 0, "partial_steps": [], "best": best}
+    save_checkpoint(run.manager, record["step"], state, meta)
     return best
 
 
 def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None,
                tensorboard: bool = False) -> dict:
     """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was
-    started; `tensorboard` adds event files of the epoch records under fold{K}/tensorboard/."""
+    started; `tensorboard` adds event files of the epoch records under fold{K}/tensorboard/.
+
+    SIGTERM / SIGINT checkpoint the current step and raise resilience.Preempted; a non-finite
+    step raises resilience.Diverged as train.on_nonfinite says; a run folder that cannot hold
+    the run raises resilience.StorageError before training."""
     tcfg = cfg.train
+    guard = resilience.NonfiniteGuard(tcfg.on_nonfinite, tcfg.max_nonfinite)
     # Before the run folder is written: a rerun with the profile it names must not be refused.
     data_lib.inspect.check_dataset(cfg.data.root or None, cfg.data.bands, cfg.data.band_check)
     fold_dir = open_run(cfg, fold, workdir)
-    precision = runtime.resolve_precision(tcfg.precision)
-    placement = parallel.training_placement(tcfg.batch_size)
-    data = load_fold_data(cfg, fold, fold_dir)
-    init_key, dropout_key = jax.random.split(jax.random.key(tcfg.seed))
-    state = initial_state(cfg, precision, data.steps_per_epoch, init_key, pretrained)
-    manager = checkpoint_manager(fold_dir / "checkpoints", tcfg.keep_checkpoints)
-    state, start_epoch, best = restore_or_start(manager, state, fold_dir)
-    run = FoldRun(
-        cfg, fold_dir, data, placement,
-        train_fn=make_train_step(tcfg, data.steps_per_epoch, placement),
-        eval_fn=make_eval_step(state.apply_fn, tcfg.loss, placement),
-        dropout_key=dropout_key, pos_weight=jnp.float32(data.stats.pos_weight),
-        threshold=jnp.float32(cfg.predict.threshold),
-        log=RunLog(fold_dir, start_epoch, tensorboard),
-    )
-    state = jax.device_put(state, placement.replicated)
-    log.info(describe_run(run, fold, precision))
-    bar = console.progress(total=tcfg.epochs * data.steps_per_epoch,
-                           initial=start_epoch * data.steps_per_epoch, desc=fold_dirname(fold),
-                           unit="step")
-    for epoch in range(start_epoch, tcfg.epochs):
-        state, trained = train_epoch(run, state, epoch, bar)
-        candidates = candidate_weights(state, tcfg.ema)
-        scores = {kind: score(run, variables) for kind, variables in candidates.items()}
-        record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)), **trained, **scores}
-        best = end_epoch(run, manager, state, record, candidates, best)
-    bar.close()
-    run.log.close()
-    manager.wait_until_finished()
+    with resilience.StopSignals() as stop:
+        precision = runtime.resolve_precision(tcfg.precision)
+        placement = parallel.training_placement(tcfg.batch_size)
+        data = load_fold_data(cfg, fold, fold_dir)
+        init_key, dropout_key = jax.random.split(jax.random.key(tcfg.seed))
+        state = initial_state(cfg, precision, data.steps_per_epoch, init_key, pretrained)
+        # Placed first, so that a checkpoint is restored straight into this placement (several
+        # processes cannot move restored arrays between hosts afterwards).
+        state = jax.device_put(state, placement.replicated)
+        resilience.check_free_space(fold_dir, resilience.tree_bytes(state),
+                                    resilience.tree_bytes((state.params, state.batch_stats)),
+                                    tcfg.keep_checkpoints)
+        manager = checkpoint_manager(fold_dir / "checkpoints", tcfg.keep_checkpoints)
+        state, progress = restore_or_start(manager, state, fold_dir, data.steps_per_epoch)
+        start_epoch, best = progress["epoch"], progress["best"]
+        run = FoldRun(
+            cfg, fold_dir, data, placement,
+            train_fn=make_train_step(tcfg, data.steps_per_epoch, placement),
+            eval_fn=make_eval_step(state.apply_fn, tcfg.loss, placement),
+            dropout_key=dropout_key, pos_weight=jnp.float32(data.stats.pos_weight),
+            threshold=jnp.float32(cfg.predict.threshold),
+            log=RunLog(fold_dir, start_epoch, int(state.step), tensorboard), manager=manager, stop=stop,
+            guard=guard,
+        )
+        log.info(describe_run(run, fold, precision))
+        bar = console.progress(total=tcfg.epochs * data.steps_per_epoch,
+                               initial=int(jax.device_get(state.step)), desc=fold_dirname(fold),
+                               unit="step")
+        try:
+            for epoch in range(start_epoch, tcfg.epochs):
+                done = progress["partial_steps"] if epoch == start_epoch else []
+                state, seen, timing = train_epoch(run, state, epoch, bar, done)
+                if len(seen) < data.steps_per_epoch:
+                    stop_here(run, state, epoch, seen, best)
+                candidates = candidate_weights(state, tcfg.ema)
+                scores = {kind: score(run, variables) for kind, variables in candidates.items()}
+                record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)),
+                          **summarize_steps(seen), **timing, **scores}
+                best = end_epoch(run, state, record, candidates, best)
+            finish_checkpoints(manager)
+        except resilience.Diverged:
+            finish_checkpoints(manager)  # the last good checkpoint is complete on disk
+            raise
+        finally:
+            bar.close()
+            run.log.close()
     manager.close()
     summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs}
     if parallel.is_main():
@@ -583,7 +687,9 @@ def format_epoch(record: dict, epochs: int, improved: bool) -> str:
     parts.append(f"lr {record['lr']:.2e}")
     parts.append(f"scale {record['loss_scale']:.0f}")
     if record["skipped_steps"]:
-        parts.append(f"{record['skipped_steps']} steps skipped (overflow)")
+        nonfinite = record["nonfinite_steps"]
+        parts.append(f"{record['skipped_steps']} steps skipped ({nonfinite} non-finite, "
+                     f"{record['skipped_steps'] - nonfinite} fp16 overflow)")
     if improved:
         parts.append("* best")
     return " | ".join(parts)
@@ -633,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--coordinator-address", help="host:port of process 0")
     group.add_argument("--num-processes", type=int)
     group.add_argument("--process-id", type=int)
+    group.add_argument("--heartbeat-timeout", type=int, default=100, metavar="SECONDS",
+                       help="a process silent this long counts as lost: the others stop, naming "
+                            "it (JAX's heartbeat_timeout_seconds; default 100)")
     return parser
 
 
@@ -649,7 +758,7 @@ def load_config(args) -> config_lib.Config:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     parallel.init_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                              detect=args.distributed)
+                              detect=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
     console.setup()
     runtime.enable_compilation_cache()
     cfg = load_config(args)
@@ -660,7 +769,12 @@ def main(argv=None):
         raise UserError(f"--workdir {workdir}: is inside the dataset {cfg.data.root}, which is "
                         "never written to; choose a folder outside it")
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
-    summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard) for f in folds]
+    try:
+        summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard) for f in folds]
+    except Exception as err:
+        if jax.process_count() > 1:  # a lost process: say which and exit, never hang
+            resilience.exit_if_peer_lost(err, args.heartbeat_timeout)
+        raise
     if parallel.is_main():
         command = predict_command(cfg, folds, workdir)
         print(format_summary(summaries, workdir, command))  # the run's result, on stdout

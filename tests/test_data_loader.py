@@ -63,6 +63,21 @@ def test_rerunning_an_epoch_gives_the_same_augmented_batches(data):
     assert not np.array_equal(first[0]["rgb"], epoch(data, epoch=3, seed=8)[0]["rgb"])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resuming_mid_epoch_gives_the_rest_of_the_uninterrupted_epoch(data, workers):
+    whole = [epoch(data, epoch=e) for e in (2, 3)]
+    resumed = epoch(data, epoch=2, start_step=3, workers=workers)
+    assert_same_batches(resumed, whole[0][3:])
+    # The next epoch follows as in an uninterrupted run (with workers: the same stream).
+    stream = loader._stream
+    assert_same_batches(epoch(data, epoch=3, workers=workers), whole[1])
+    assert loader._stream is stream
+    if stream is not None:
+        stream.close()
+    with pytest.raises(ValueError, match="start_step=4"):
+        epoch(data, epoch=2, start_step=4)
+
+
 def test_process_shards_together_are_the_single_process_batch(data):
     whole = epoch(data, epoch=2, process_index=0, process_count=1)
     shards = [epoch(data, epoch=2, process_index=p, process_count=2) for p in range(2)]

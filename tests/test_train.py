@@ -56,6 +56,17 @@ def epoch_records(workdir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
 
 
+def assert_same_run(workdir: Path, reference: Path) -> None:
+    assert epoch_records(workdir) == epoch_records(reference)
+    np.testing.assert_array_equal(step_losses(workdir), step_losses(reference))
+    resumed, _ = weights.load(workdir / "fold0" / "best" / "model.safetensors")
+    expected, _ = weights.load(reference / "fold0" / "best" / "model.safetensors")
+    flat_resumed, flat_expected = weights.flatten(resumed), weights.flatten(expected)
+    assert flat_resumed.keys() == flat_expected.keys()
+    for name, value in flat_expected.items():
+        np.testing.assert_array_equal(flat_resumed[name], value, err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
@@ -125,7 +136,7 @@ def test_two_processes_joined_by_jax_distributed_agree(reference_run, tmp_path, 
 def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, cache):
     workdir, _ = reference_run
     steps = tmp_path / "fold0" / "steps.jsonl"
-    first_checkpoint = tmp_path / "fold0" / "checkpoints" / "1"
+    first_checkpoint = tmp_path / "fold0" / "checkpoints" / "3"  # by global step: epoch 1
     process = subprocess.Popen(train_command(tmp_path), cwd=ROOT, env=environment(cache),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -139,13 +150,7 @@ def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, cache):
 
     result = run_train(tmp_path, cache)
     assert "resuming" in result.stderr
-    assert epoch_records(tmp_path) == epoch_records(workdir)
-    resumed, _ = weights.load(tmp_path / "fold0" / "best" / "model.safetensors")
-    reference, _ = weights.load(workdir / "fold0" / "best" / "model.safetensors")
-    flat_resumed, flat_reference = weights.flatten(resumed), weights.flatten(reference)
-    assert flat_resumed.keys() == flat_reference.keys()
-    for name, value in flat_reference.items():
-        np.testing.assert_array_equal(flat_resumed[name], value, err_msg=name)
+    assert_same_run(tmp_path, workdir)
 
 
 def test_finished_run_rerun_does_nothing_new(reference_run, cache):
@@ -185,3 +190,137 @@ def test_rerun_with_other_settings_refuses_to_mix_runs(reference_run, cache):
                             env=environment(cache), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "different configuration" in result.stderr
+
+
+# ----------------------------------------------------------------------------- runs that survive
+# Each run below goes through tests/train_driver.py, which can pause a run at a chosen batch
+# (so a signal lands mid-epoch at a known step) or put a NaN into chosen batches.
+
+DRIVER = str(ROOT / "tests" / "train_driver.py")
+HEARTBEAT_S = 30  # shorter risks a busy 2-core machine missing heartbeats of a live process
+BOUND_S = 120  # a survivor of a dead peer must be gone within this
+
+
+def driver_command(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, DRIVER, *train_command(workdir, *extra)[3:]]
+
+
+def start(command, cache, **hooks) -> subprocess.Popen:
+    env = dict(environment(cache), **hooks)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, processes, timeout=600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        ended = [p for p in processes if p.poll() is not None]
+        assert not ended, ended[0].communicate()[1][-3000:]
+        assert time.time() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "fold0" / "checkpoints").iterdir()
+                  if p.name.isdigit())
+
+
+def test_sigterm_mid_epoch_saves_there_and_the_rerun_ends_as_if_never_stopped(
+        reference_run, tmp_path, cache):
+    workdir, _ = reference_run
+    marker = tmp_path / "paused"
+    run = start(driver_command(tmp_path / "run"), cache, JAXSWIN_TEST_PAUSE_AT="2:2",
+                JAXSWIN_TEST_MARKER=str(marker))
+    wait_for(marker, [run])
+    run.send_signal(signal.SIGTERM)
+    marker.unlink()
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 75, err[-3000:]
+    assert "SIGTERM" in err and "epoch 2, step 1 of 3" in err and "Traceback" not in err
+    assert checkpoint_steps(tmp_path / "run")[-1] == 4  # 3 steps of epoch 1 + 1 of epoch 2
+
+    result = run_train(tmp_path / "run", cache)
+    assert "resuming" in result.stderr and "step 1 of 3" in result.stderr
+    assert_same_run(tmp_path / "run", workdir)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
+        reference_run, tmp_path, cache):
+    workdir, _ = reference_run
+    marker = tmp_path / "paused"
+
+    def launch(**hooks):
+        address = f"127.0.0.1:{free_port()}"
+        return [start(driver_command(tmp_path / "run", "--coordinator-address", address,
+                                     "--num-processes", "2", "--process-id", str(index)),
+                      cache, **(hooks if index == 1 else {}))
+                for index in range(2)]
+
+    processes = launch(JAXSWIN_TEST_PAUSE_AT="1:3", JAXSWIN_TEST_MARKER=str(marker))
+    wait_for(marker, processes)
+    processes[1].send_signal(signal.SIGTERM)  # process 0 is never signalled
+    marker.unlink()
+    outputs = [p.communicate(timeout=600) for p in processes]
+    report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{err[-2000:]}"
+                       for i, (p, (_, err)) in enumerate(zip(processes, outputs)))
+    assert [p.returncode for p in processes] == [75, 75], report
+    assert checkpoint_steps(tmp_path / "run")[-1] == 2, report
+
+    processes = launch()
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:]
+    assert "resuming" in outputs[0][1]
+    assert epoch_records(tmp_path / "run") == epoch_records(workdir)
+    np.testing.assert_allclose(step_losses(tmp_path / "run"), step_losses(workdir), rtol=1e-5)
+
+
+def test_a_killed_peer_ends_the_other_process_in_bounded_time(tmp_path, cache):
+    address = f"127.0.0.1:{free_port()}"
+    steps = tmp_path / "fold0" / "steps.jsonl"
+    processes = [start(train_command(tmp_path, "--coordinator-address", address,
+                                     "--num-processes", "2", "--process-id", str(index),
+                                     "--heartbeat-timeout", str(HEARTBEAT_S)), cache)
+                 for index in range(2)]
+    deadline = time.time() + 600
+    while not (steps.exists() and len(steps.read_text().splitlines()) >= 2):
+        assert all(p.poll() is None for p in processes), processes[0].communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    _, err = processes[0].communicate(timeout=BOUND_S + 60)
+    waited = time.time() - killed
+    processes[1].wait()
+    assert processes[0].returncode == 4, err[-3000:]
+    assert waited < BOUND_S, f"{waited:.0f} s"
+    assert "lost process 1" in err, err[-3000:]
+    assert "Traceback" not in err
+
+
+def test_nonfinite_step_stops_the_run_naming_where_and_the_last_good_checkpoint(tmp_path, cache):
+    run = start(driver_command(tmp_path), cache, JAXSWIN_TEST_NAN_AT="2:2")
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 3, err[-3000:]
+    assert "non-finite" in err and "epoch 2, step 2 of 3" in err
+    assert str(tmp_path / "fold0" / "checkpoints" / "3") in err  # the end of epoch 1
+    assert "Traceback" not in err
+    assert checkpoint_steps(tmp_path) == [3]
+
+
+def test_skipped_nonfinite_steps_are_counted_and_enough_in_a_row_stop(tmp_path, cache):
+    # fp32 here (its step is compiled once for the module); the fp16 step's handling of the
+    # same NaN batch is checked on a toy model in test_train_step.py.
+    run = start(driver_command(tmp_path, "--set", 'train.on_nonfinite="skip"',
+                               "--set", "train.max_nonfinite=2"),
+                cache, JAXSWIN_TEST_NAN_AT="1:2,2:2,2:3")
+    _, err = run.communicate(timeout=900)
+    assert run.returncode == 3, err[-3000:]
+    assert "2 non-finite steps in a row" in err and "epoch 2, step 3 of 3" in err
+    first_epoch = epoch_records(tmp_path)[0]
+    assert first_epoch["nonfinite_steps"] == first_epoch["skipped_steps"] == 1
+    assert np.isfinite(first_epoch["loss"])
+    assert "1 steps skipped (1 non-finite" in err
+    records = [json.loads(line) for line in
+               (tmp_path / "fold0" / "steps.jsonl").read_text().splitlines()]
+    assert [r["nonfinite"] for r in records] == [False, True, False, False, True, True]
+    assert [r["step"] for r in records] == list(range(6))

@@ -1,5 +1,6 @@
 """The pure pieces of training, on a toy model: schedule, EMA, fp16 loss scaling, eval counts."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -41,6 +42,7 @@ def toy_state(tcfg, precision="fp32", steps_per_epoch=5, seed=0):
     return create_state(module, variables, tcfg, steps_per_epoch, precision)
 
 
+@functools.cache  # one compiled step per config and precision, shared by the tests
 def make_step(tcfg, steps_per_epoch=5):
     """The training step as train_fold runs it (jitted, sharded, donating its input state)."""
     return make_train_step(tcfg, steps_per_epoch)
@@ -147,3 +149,54 @@ def test_eval_step_counts_match_numpy_and_ignore_padding():
                 for i in range(4)]
     assert float(out["loss_sum"]) == pytest.approx(sum(per_tile), rel=1e-5)
     assert metrics.summarize(np.asarray(out["counts"]))["miou"] <= 1.0
+
+
+def poisoned(batch, where="rgb"):
+    batch = dict(batch)
+    batch[where] = batch[where].copy()
+    batch[where][0, 0, 0, 0] = np.nan
+    return batch
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_nan_batch_is_reported_and_changes_nothing(precision):
+    tcfg = config_lib.TrainConfig(ema_decay=0.5)
+    step = make_step(tcfg)
+    rng = np.random.default_rng(6)
+    key = jax.random.key(0)
+    state, out = step(toy_state(tcfg, precision), toy_batch(rng), jnp.float32(1.0), key)
+    assert bool(out["finite"]) and not bool(out["nonfinite"])
+    before = jax.device_get(state)
+    state, out = step(state, poisoned(toy_batch(rng)), jnp.float32(1.0), key)
+    assert not bool(out["finite"]) and bool(out["nonfinite"])
+    after = jax.device_get(state)
+    # Params, optimiser moments and count, BN statistics, EMA and loss scale: all as before.
+    for name in ("params", "opt_state", "batch_stats", "ema_params", "ema_batch_stats",
+                 "dynamic_scale"):
+        for got, want in zip(jax.tree.leaves(getattr(after, name)),
+                             jax.tree.leaves(getattr(before, name))):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert int(after.step) == int(before.step) + 1  # the data and dropout stream move on
+    # The next clean batch trains again from the untouched state.
+    state, out = step(state, toy_batch(rng), jnp.float32(1.0), key)
+    assert bool(out["finite"])
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params))
+
+
+def test_fp16_overflow_is_a_scale_event_not_divergence_until_the_scale_bottoms_out():
+    tcfg = config_lib.TrainConfig(ema_decay=0.5)
+    step = make_step(tcfg)
+    rng = np.random.default_rng(7)
+    key = jax.random.key(0)
+    state = toy_state(tcfg, precision="fp16")
+    # A scale large enough to overflow the fp16 backward pass, with a finite fp32 loss.
+    state = state.replace(dynamic_scale=state.dynamic_scale.replace(scale=jnp.float32(1e30)))
+    state, out = step(state, toy_batch(rng), jnp.float32(1.0), key)
+    assert not bool(out["finite"]) and not bool(out["nonfinite"])
+    assert float(state.dynamic_scale.scale) == pytest.approx(5e29)
+    assert state.dynamic_scale.minimum_scale == 1.0  # the floor of create_state
+    # At the floor, an overflow can no longer be scaled away: that is divergence.
+    floored = state.dynamic_scale.replace(scale=jnp.float32(1e30), minimum_scale=1e30)
+    state, out = step(state.replace(dynamic_scale=floored), toy_batch(rng), jnp.float32(1.0), key)
+    assert not bool(out["finite"]) and bool(out["nonfinite"])
+    assert float(state.dynamic_scale.scale) == pytest.approx(1e30)

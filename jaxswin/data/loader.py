@@ -90,6 +90,7 @@ def train_loader(
     augment: bool = True,
     workers: int = 2,
     device_warp: bool = False,
+    start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict]:
@@ -102,6 +103,8 @@ def train_loader(
     that many grain worker processes (worth it with spare cores; 0 runs it inline).
     `device_warp=True` leaves the geometric warp to the caller: batches then carry "warp"
     (b, 2, 3) and the caller applies :func:`jaxswin.data.augment.warp` on its device.
+    `start_step` > 0 skips the epoch's first batches, for a run resumed mid-epoch: the rest are
+    the batches an uninterrupted epoch would yield from there.
     `process_index`/`process_count` default to JAX's.
     """
     if not 0 <= seed < 2**32:
@@ -109,6 +112,8 @@ def train_loader(
     process_index, process_count = parallel.process_layout(process_index, process_count)
     local_batch = parallel.local_share(global_batch_size, process_count)
     steps = steps_per_epoch(len(indices), global_batch_size)
+    if not 0 <= start_step < steps:
+        raise ValueError(f"start_step={start_step} outside an epoch of {steps} steps")
     # Every epoch from here on, back to back. Grain reshuffles each repetition of the tiles
     # and seeds each record's generator by its position in the stream; slicing keeps the whole
     # global batches of every epoch (reads past a slice's end continue in the next epoch).
@@ -119,14 +124,14 @@ def train_loader(
     # jax.make_array_from_process_local_data assembles it: every row sits where a single
     # process would have it, and so draws the same dropout and drop-path noise.
     ds = ds[: steps * global_batch_size].batch(local_batch, drop_remainder=True)
-    ds = ds[process_index::process_count].repeat()[epoch * steps :]
+    ds = ds[process_index::process_count].repeat()[epoch * steps + start_step :]
     finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp)
     if workers == 0:
-        return map(finish, ds[:steps].to_iter_dataset(_READ))
+        return map(finish, ds[: steps - start_step].to_iter_dataset(_READ))
     # The tiles by identity (they are large), the rest by value.
     setup = ((images, masks), (tuple(np.asarray(indices).tolist()), stats, global_batch_size, seed,
                                augment, workers, device_warp, process_index, process_count))
-    return _worker_stream(setup, ds, workers, epoch).epoch(steps, finish)
+    return _worker_stream(setup, ds, workers, epoch, start_step).epoch(steps - start_step, finish)
 
 
 class _Stream:
@@ -137,13 +142,15 @@ class _Stream:
     for the next epoch with the same setup continues the same stream.
     """
 
-    def __init__(self, setup: tuple, iterator, epoch: int):
-        self.setup, self.iterator, self.next_epoch = setup, iterator, epoch
+    def __init__(self, setup: tuple, iterator, epoch: int, start_step: int):
+        self.setup, self.iterator = setup, iterator
+        self.next_epoch, self.next_step = epoch, start_step  # where the stream stands
 
-    def serves(self, setup: tuple, epoch: int) -> bool:
+    def serves(self, setup: tuple, epoch: int, start_step: int) -> bool:
         (arrays, params), (own_arrays, own_params) = setup, self.setup
         same_arrays = all(a is b for a, b in zip(arrays, own_arrays))
-        return epoch == self.next_epoch and same_arrays and params == own_params
+        return ((epoch, start_step) == (self.next_epoch, self.next_step) and same_arrays
+                and params == own_params)
 
     def epoch(self, steps: int, finish) -> Iterator[dict]:
         complete = False
@@ -151,7 +158,7 @@ class _Stream:
             for _ in range(steps):
                 yield finish(next(self.iterator))
             complete = True
-            self.next_epoch += 1
+            self.next_epoch, self.next_step = self.next_epoch + 1, 0
         finally:
             if not complete:  # stopped mid-epoch: the stream is no longer at an epoch start
                 self.close()
@@ -174,9 +181,10 @@ def _close_stream() -> None:
         _stream.close()
 
 
-def _worker_stream(setup: tuple, ds: grain.MapDataset, workers: int, epoch: int) -> _Stream:
+def _worker_stream(setup: tuple, ds: grain.MapDataset, workers: int, epoch: int,
+                   start_step: int) -> _Stream:
     global _stream
-    if _stream is not None and _stream.serves(setup, epoch):
+    if _stream is not None and _stream.serves(setup, epoch, start_step):
         return _stream
     if _stream is not None:
         _stream.close()
@@ -185,7 +193,8 @@ def _worker_stream(setup: tuple, ds: grain.MapDataset, workers: int, epoch: int)
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     options = grain.MultiprocessingOptions(num_workers=workers)
-    _stream = _Stream(setup, ds.to_iter_dataset(_READ).mp_prefetch(options).__iter__(), epoch)
+    _stream = _Stream(setup, ds.to_iter_dataset(_READ).mp_prefetch(options).__iter__(), epoch,
+                      start_step)
     return _stream
 
 
