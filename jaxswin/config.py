@@ -38,6 +38,9 @@ class ModelConfig:
     decoder_attention: str = "none"
     dropout: float = 0.1
     drop_path_rate: float = 0.1
+    head_dropout: str = "element"  # element: single values | channel: whole maps (Dropout2d)
+    aux_order: tuple[str, ...] = ("thermal", "slope", "dem", "gray")  # AUX encoder's input order
+    fusion_weight: float = 0.5  # w of fusion weighted_sum_fixed: w*F_rgb + (1-w)*F_aux
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class DataConfig:
     # Leave the geometric warp of the augmentation to the training step on the device: the
     # host then only shuffles, flips and colours (~2x the tiles/s of a host warp on 2 cores).
     device_warp: bool = True
+    folds: str = "stratified"  # stratified (by foreground) | kfold (the authors' sklearn KFold)
+    affine_border: str = "reflect"  # reflect-101 (as the code asks) | constant 0 (as it ran)
+    blur: str = "kernel"  # kernel: 3/5/7, OpenCV's sigma | sigma: U[0.5,3], kernel int(3.5s)*2+1
+    stats: str = "fold"  # z-score stats from the training fold | all: every labelled tile (authors)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,13 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 3
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (quick runs, CI)
+    ema_warmup_mean: bool = False  # EMA decay min(decay, 1 - 1/(n+1)) in the warm-up steps
+    ema_batch_stats: bool = True  # EMA also of BatchNorm statistics (false: raw model's ones)
+    warmup_start: float = 0.0  # LR factor floor during warm-up: max(step/warmup, warmup_start)
+    lr_floor: float = 0.0  # cosine decays to this fraction of lr
+    dice: str = "batch"  # Dice over the whole batch | per_tile: mean over tiles of per-tile Dice
+    drop_last: bool = True  # drop an epoch's last partial batch (false: keep it, as the authors)
+    select_threshold: float = 0.51  # threshold scoring raw vs EMA weights each epoch
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ Layouts understood (the root is only ever read):
 Images and masks pair by :func:`jaxswin.data.io.tile_id`: Image_X / Mask_X, ImageT_X / MaskT_X
 or the same file name in both folders. An image without a mask is an error; files that are not
 tiles, and masks without an image, are skipped with one warning line.
+
+A split folder with images/ and no masks/ is an unlabelled split, as the challenge's test/ is:
+its tiles are counted in :attr:`Dataset.unlabelled` and otherwise left alone (predict them with
+``jaxswin.predict --input ROOT/test/images``).
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ class Dataset:
     `samples[i]` is row i of the arrays from :meth:`load`; `channels` is the files' band order.
     """
 
-    def __init__(self, root: Path, channels: tuple[str, ...], samples: list[Sample], size: int):
+    def __init__(self, root: Path, channels: tuple[str, ...], samples: list[Sample], size: int,
+                 unlabelled: dict[str, int] | None = None):
         self.root = root
         self.channels = channels
         self.samples = tuple(samples)
         self.size = size
+        self.unlabelled = dict(unlabelled or {})  # split -> tiles without masks, left aside
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -57,7 +63,16 @@ class Dataset:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{name}={len(self.indices(name))}" for name in self.splits)
-        return f"Dataset({self.root}, {counts})"
+        aside = "".join(f", {name}={n} unlabelled" for name, n in self.unlabelled.items())
+        return f"Dataset({self.root}, {counts}{aside})"
+
+    def describe_unlabelled(self) -> str:
+        """One line on the unlabelled tiles left aside ("" if there are none)."""
+        if not self.unlabelled:
+            return ""
+        where = ", ".join(f"{n} in {name}/" for name, n in self.unlabelled.items())
+        return (f"left aside {sum(self.unlabelled.values())} unlabelled tiles ({where}: images/ "
+                "without masks/); predict them with jaxswin.predict --input")
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -112,8 +127,6 @@ def _pairs_from_csv(table: Path) -> list[tuple[Path, Path]]:
 
 def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
-    if not masks_dir.is_dir():
-        raise DataError(f"{folder}: has images/ but no masks/ folder")
     masks: dict[str, Path] = {}
     for path in sorted(masks_dir.iterdir()):
         if not io.is_tile(path):
@@ -155,7 +168,11 @@ def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Datase
     sources.sort(key=lambda source: (known.get(source[0], len(known)), source[0]))
     samples: list[Sample] = []
     skipped: list[Path] = []
+    unlabelled: dict[str, int] = {}
     for split, source in sources:
+        if source.is_dir() and not (source / "masks").is_dir():
+            unlabelled[split] = sum(io.is_tile(p) for p in (source / "images").iterdir())
+            continue
         if source.is_file():
             pairs = _pairs_from_csv(source)
         else:
@@ -167,11 +184,12 @@ def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Datase
             samples.append(Sample(io.tile_id(image), image, mask, split))
     io.warn_skipped(skipped, "not a .tif tile, or a mask without its image")
     if not samples:
+        aside = "".join(f"; split {split!r} has {n} images but no masks/" for split, n in unlabelled.items())
         raise DataError(
             f"{root}: no labelled tiles found (expected train/images/*.tif with train/masks/*.tif, "
-            "or the same under val/, test/ or *_partition/)"
+            f"or the same under val/, test/ or *_partition/{aside})"
         )
-    return Dataset(root, channels, samples, size)
+    return Dataset(root, channels, samples, size, unlabelled)
 
 
 def cache_dir() -> Path:
