@@ -92,3 +92,14 @@ def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42,
         )
     held_out = METHODS[method](dataset, pool, num_folds, seed) == fold
     return pool[~held_out], pool[held_out]
+
+
+def stats_rows(dataset, train: np.ndarray, mode: str = "fold") -> np.ndarray:
+    """The rows the z-score statistics and w+ come from (``data.stats``): "fold", the training
+    fold's tiles only; "all", every labelled train/val tile, held-out fold included (the
+    authors' code: one set for all folds, which lets the held-out tiles into the statistics)."""
+    if mode == "fold":
+        return np.asarray(train)
+    if mode == "all":
+        return dataset.indices(*CV_SPLITS)
+    raise ConfigError(f"data.stats={mode!r}: choose 'fold' or 'all'")

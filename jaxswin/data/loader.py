@@ -138,8 +138,9 @@ def train_loader(
     epoch's remaining tiles (last_batch_size rows over all processes; a second batch shape,
     so one more compilation of the training step). `blur` and `border` are data.blur and
     data.affine_border (with device_warp, batches carry the border's fill values for warp).
-    `images` are percentile-scaled (N, H, W, 7) (Dataset.load()), `indices` the training rows. `workers` > 0 runs the per-tile work in
-    that many grain worker processes (worth it with spare cores; 0 runs it inline).
+    `images` are percentile-scaled (N, H, W, 7) (Dataset.load()), `indices` the training
+    rows. `workers` > 0 runs the per-tile work in that many grain worker processes (worth it
+    with spare cores; 0 runs it inline).
     `device_warp=True` leaves the geometric warp to the caller: batches then carry "warp"
     (b, 2, 3) and the caller applies :func:`jaxswin.data.augment.warp` on its device.
     `process_index`/`process_count` default to JAX's.
