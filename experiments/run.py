@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 
 from experiments import tables
 from jaxswin import config as config_lib
-from jaxswin import metrics
+from jaxswin import console, metrics
 from jaxswin.errors import ConfigError, UserError, cli
 
 
@@ -311,6 +311,7 @@ def describe(args: argparse.Namespace, cfg: config_lib.Config, seconds: float) -
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    console.setup()  # the training runs' progress lines
     table = tables.get(args.table)
     if args.data is not None and not Path(args.data).is_dir():
         raise UserError(f"--data {args.data}: no such directory")
