@@ -253,3 +253,61 @@ def test_kept_last_batch_holds_the_epochs_remaining_tiles(multiple, last):
         for step, batch in enumerate(epoch(e)):
             joined = np.concatenate([shards[0][step]["rgb"], shards[1][step]["rgb"]])
             np.testing.assert_allclose(joined, batch["rgb"], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- schedule, EMA
+
+
+def authors_lr_factor(step, warmup, total):
+    """The authors' LambdaLR factor (their utils.make_lr_lambda, restated)."""
+    if step < warmup:
+        return max(step / max(warmup, 1), 0.01)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * progress))
+
+
+def test_schedule_with_start_and_floor_is_the_authors_lambda():
+    from jaxswin.train import make_schedule
+
+    tcfg = config_lib.TrainConfig(epochs=9, lr=3e-4, warmup_epochs=3.0, warmup_start=0.01,
+                                  lr_floor=0.05)
+    schedule = make_schedule(tcfg, 7)
+    for step in range(63):
+        want = tcfg.lr * authors_lr_factor(step, 21, 63)
+        assert float(schedule(step)) == pytest.approx(want, rel=1e-5), step
+
+
+def test_ema_warmup_mean_and_raw_batch_stats():
+    from test_train_step import make_step, snapshot, toy_batch, toy_state
+
+    tcfg = config_lib.TrainConfig(epochs=2, warmup_epochs=1.0, ema_decay=0.7,
+                                  ema_warmup_mean=True, ema_batch_stats=False)
+    state = toy_state(tcfg)  # 5 steps per epoch: warm-up of 5 updates
+    initial = snapshot(state)
+    step = make_step(tcfg)
+    rng = np.random.default_rng()
+    shadow = None
+    for n in range(8):
+        state, _ = step(state, toy_batch(rng), jnp.float32(1.5), jax.random.key(n))
+        params = jax.tree.map(np.asarray, state.params)
+        decay = min(0.7, 1 - 1 / (n + 1)) if n < 5 else 0.7  # the authors' EMA._get_decay
+        shadow = params if shadow is None else jax.tree.map(
+            lambda s, p, d=decay: d * s + (1 - d) * p, shadow, params)
+        for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(shadow)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        for got, want in zip(jax.tree.leaves(state.ema_batch_stats),
+                             jax.tree.leaves(state.batch_stats)):
+            np.testing.assert_array_equal(got, want)
+    # a running mean of the updated weights for n < 5: the initial weights never entered it
+    assert not any(np.allclose(a, b) for a, b in
+                   zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(initial.ema_params)))
+
+
+def test_ema_wins_a_tie_and_the_better_score_wins_otherwise():
+    from jaxswin.train import better_weights
+
+    record = {"raw": {"miou": 0.8}, "ema": {"miou": 0.8}}
+    assert better_weights(record, ["raw", "ema"]) == "ema"
+    record["raw"]["miou"] = 0.8000001
+    assert better_weights(record, ["raw", "ema"]) == "raw"
+    assert better_weights({"raw": {"miou": 0.1}}, ["raw"]) == "raw"
