@@ -184,7 +184,8 @@ def scan(root: str | Path, channels: tuple[str, ...], size: int = 128) -> Datase
             samples.append(Sample(io.tile_id(image), image, mask, split))
     io.warn_skipped(skipped, "not a .tif tile, or a mask without its image")
     if not samples:
-        aside = "".join(f"; split {split!r} has {n} images but no masks/" for split, n in unlabelled.items())
+        aside = "".join(f"; {source} has {unlabelled[split]} images but no masks/ folder"
+                        for split, source in sources if split in unlabelled)
         raise DataError(
             f"{root}: no labelled tiles found (expected train/images/*.tif with train/masks/*.tif, "
             f"or the same under val/, test/ or *_partition/{aside})"
