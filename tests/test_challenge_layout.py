@@ -64,7 +64,7 @@ def test_official_fold_without_a_validation_split_names_the_fix(challenge):
 
 
 def test_only_unlabelled_tiles_is_a_clear_error(challenge):
-    with pytest.raises(DataError, match="no labelled tiles.*test has 3 images but no masks/ folder"):
+    with pytest.raises(DataError, match="no labelled tiles.*test has 3 images but no masks/"):
         scan(challenge / "test", bands.PROFILES["pbvs2026"], SIZE)
 
 
