@@ -67,7 +67,6 @@ EXPECTED = {
     },
     11: {tta: {"tta": tta} for tta in ("none", "hflip", "vflip", "flip2", "rot4", "d4")},
     12: {"ema": {"ema": True}, "no_ema": {"ema": False}},
-    2: {"development": {}},
     13: {"mid": {}, "late": {"arch": "late"}},
 }
 
