@@ -14,11 +14,11 @@ It writes WORKDIR/table{N}.md and .csv: the paper's value beside ours, mean ± s
 over the folds when more than one ran. Rows of the table not run this time show the finished runs
 found under WORKDIR with the same config, so a table can be filled in a few rows at a time.
 
-Folds: the default is fold 0, as most of the paper's rows are single-fold results; Table 10 (and
-Table 3's attention row) are 5-fold CV: pass --folds 0,1,2,3,4 to compare. The paper's single-fold
-(†) rows are on the challenge's validation split: ``--folds official`` trains on the dataset's own
-train/validation split where the data has one. Without --data the rows train on the embedded
-synthetic dataset, which checks the machinery, not the paper's numbers.
+Folds: by default the rows the paper marks † (single-fold results on the challenge's validation
+split) train on the dataset's own train/validation split (``official``) when the data has one, and
+every other row on fold 0; Tables 10 and 13 (and Table 3's attention row) are 5-fold CV: pass
+--folds 0,1,2,3,4 to compare. ``--folds`` sets the folds of every row. Without --data the rows
+train on the embedded synthetic dataset, which checks the machinery, not the paper's numbers.
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
     parser.add_argument("--bands", help="band profile of the files (pbvs2026, mmlsv2, mmlsv1) or a "
                                         "comma-separated list of channel names")
-    parser.add_argument("--folds", default="0",
+    parser.add_argument("--folds",
                         help="comma-separated folds to train, e.g. 0,1,2,3,4, or 'official' "
-                             "(default: 0)")
+                             "(default: the official split for the rows the paper marks † when "
+                             "the data has a validation split, else fold 0)")
     parser.add_argument("--rows", help="comma-separated row keys to run (default: every row); "
                                        "see experiments/configs/table{N}/")
     parser.add_argument("--preset-override", metavar="PRESET",
@@ -119,9 +120,31 @@ def is_finished(fold_dir: Path, cfg: config_lib.Config) -> bool:
 
 
 def fold_scores(fold_dir: Path) -> dict:
-    """The best epoch's scores on the held-out fold, as train.py recorded them."""
+    """The best epoch's scores on the held-out fold, as train.py recorded them (and a late
+    fusion's blend weight sigma(alpha), read from its weights)."""
     best = json.loads((fold_dir / "best" / "metrics.json").read_text())
-    return {**{k: best[k] for k in metrics.KEYS}, "epoch": best["epoch"]}
+    scores = {**{k: best[k] for k in metrics.KEYS}, "epoch": best["epoch"]}
+    with safe_open(fold_dir / "best" / "model.safetensors", framework="numpy") as handle:
+        if BLEND_LOGIT in handle.keys():
+            scores["alpha_rgb"] = float(1 / (1 + np.exp(-handle.get_tensor(BLEND_LOGIT))))
+    return scores
+
+
+BLEND_LOGIT = "params/blend_logit"  # arch "late": logits blended by sigma(blend_logit)
+
+
+def row_folds(row: tables.Row, cfg: config_lib.Config, args: argparse.Namespace) -> list:
+    """The folds of a row: --folds when given; else the official split for a row the paper
+    scored on the challenge's validation split (†) when the data has one, else fold 0."""
+    if args.folds is not None:
+        return parse_folds(args.folds, cfg.data.num_folds)
+    if row.on_validation_split:
+        from jaxswin import data as data_lib
+
+        dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
+        if "val" in dataset.splits:
+            return ["official"]
+    return [0]
 
 
 def tta_scores(cfg: config_lib.Config, fold, fold_dir: Path, compute: bool) -> dict | None:
@@ -136,7 +159,8 @@ def tta_scores(cfg: config_lib.Config, fold, fold_dir: Path, compute: bool) -> d
 
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
-    _, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
+    _, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed,
+                                      cfg.data.folds)
     ensemble = inference.load_ensemble(
         [fold_dir / "best"], cfg.predict.tta, cfg.predict.batch_size, cfg.predict.precision
     )
@@ -165,7 +189,8 @@ def run_table(table: tables.Table, args: argparse.Namespace) -> tuple[dict, dict
     pretrained = pretrained_by_encoder(args.pretrained)
     rows = [r for r in table.rows if r.reproduced]
     configs = {r.key: row_config(table, r, override, args) for r in rows}
-    folds = parse_folds(args.folds, configs[rows[0].key].data.num_folds)
+    if args.folds is not None:  # a bad --folds fails before any training
+        parse_folds(args.folds, configs[rows[0].key].data.num_folds)
     selected = {table.row(k.strip()).key for k in args.rows.split(",")} if args.rows else set(configs)
     workdir = Path(args.workdir) / f"table{table.number}"
 
@@ -174,7 +199,7 @@ def run_table(table: tables.Table, args: argparse.Namespace) -> tuple[dict, dict
         cfg, run_cfg = configs[row.key], configs[table.run_key(row)]
         run_dir = workdir / table.run_key(row)
         scores = {}
-        for fold in folds:
+        for fold in row_folds(table.rows[0] if table.shared_run else row, run_cfg, args):
             fold_dir = run_dir / fold_dirname(fold)
             if not is_finished(fold_dir, run_cfg):
                 if row.key not in selected:
@@ -283,7 +308,8 @@ def describe(args: argparse.Namespace, cfg: config_lib.Config, seconds: float) -
 
     device = jax.devices()[0]
     data = f"`{cfg.data.root}`" if cfg.data.root else "the embedded synthetic dataset"
-    parts = [f"Ours: {data} (bands {cfg.data.bands}), folds {args.folds}"]
+    folds = args.folds or "official for † rows when the data has a validation split, else 0"
+    parts = [f"Ours: {data} (bands {cfg.data.bands}), folds {folds}"]
     if args.preset_override:
         parts.append(f"preset override `{args.preset_override}`")
     if args.overrides:

@@ -21,6 +21,7 @@ from torch import nn
 
 from jaxswin.config import ModelConfig
 from jaxswin.convert.from_twin import check_config
+from jaxswin.data import bands
 from jaxswin.models import swinv2
 
 def swinv2_features(
@@ -101,9 +102,9 @@ class ScaleFusion(nn.Module):
 
 
 class Head(nn.Module):
-    def __init__(self, channels: int, dropout: float):
+    def __init__(self, channels: int, dropout: float, dropout_kind: str = "element"):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout2d(dropout) if dropout_kind == "channel" else nn.Dropout(dropout)
         self.conv = nn.Conv2d(channels, 1, 1)
 
     def forward(self, x):
@@ -111,7 +112,7 @@ class Head(nn.Module):
 
 
 class DualSwinFusionSeg(nn.Module):
-    """rgb (B,3,H,W), aux (B,4,H,W) -> logits (B,1,H,W)."""
+    """rgb (B,3,H,W), aux (B,4,H,W) (thermal, slope, DEM, gray) -> logits (B,1,H,W)."""
 
     def __init__(
         self,
@@ -120,8 +121,12 @@ class DualSwinFusionSeg(nn.Module):
         decoder_channels: int = 256,
         dropout: float = 0.1,
         drop_path_rate: float = 0.1,
+        head_dropout: str = "element",
+        aux_order: Sequence[str] = bands.AUX,
     ):
         super().__init__()
+        # The AUX channels (given in jaxswin's canonical order) in the order the encoder reads.
+        self.aux_order = [bands.AUX.index(name) for name in aux_order]
         self.rgb_encoder = swinv2_features(encoder, 3, img_size, drop_path_rate)
         self.aux_encoder = swinv2_features(encoder, 4, img_size, drop_path_rate)
         channels = self.rgb_encoder.feature_info.channels()
@@ -129,7 +134,7 @@ class DualSwinFusionSeg(nn.Module):
         for i, c in enumerate(channels):
             self.fusion.add_module(f"scale_{i}", ScaleFusion(c))
         self.decoder = UNetPlusPlus(channels, decoder_channels)
-        self.head = Head(decoder_channels, dropout)
+        self.head = Head(decoder_channels, dropout, head_dropout)
 
     @classmethod
     def from_config(cls, model_cfg: ModelConfig) -> "DualSwinFusionSeg":
@@ -140,12 +145,14 @@ class DualSwinFusionSeg(nn.Module):
             model_cfg.decoder_channels,
             model_cfg.dropout,
             model_cfg.drop_path_rate,
+            model_cfg.head_dropout,
+            model_cfg.aux_order,
         )
 
     def forward(self, rgb, aux):
         # timm's SwinV2 feature net returns NHWC maps.
         rgb_pyramid = [f.permute(0, 3, 1, 2) for f in self.rgb_encoder(rgb)]
-        aux_pyramid = [f.permute(0, 3, 1, 2) for f in self.aux_encoder(aux)]
+        aux_pyramid = [f.permute(0, 3, 1, 2) for f in self.aux_encoder(aux[:, self.aux_order])]
         fused = [
             getattr(self.fusion, f"scale_{i}")(r, a)
             for i, (r, a) in enumerate(zip(rgb_pyramid, aux_pyramid))

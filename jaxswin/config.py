@@ -46,6 +46,9 @@ class ModelConfig:
     decoder_attention: str = "none"
     dropout: float = 0.1
     drop_path_rate: float = 0.1
+    head_dropout: str = "element"  # element: single values | channel: whole maps (Dropout2d)
+    aux_order: tuple[str, ...] = ("thermal", "slope", "dem", "gray")  # AUX encoder's input order
+    fusion_weight: float = 0.5  # w of fusion weighted_sum_fixed: w*F_rgb + (1-w)*F_aux
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class DataConfig:
     # Tiles of another size than model.img_size are resized to it on loading (bilinear images,
     # nearest-neighbour masks), as the paper does; false makes such a tile an error.
     resize: bool = False
+    folds: str = "stratified"  # stratified (by foreground) | kfold (the authors' sklearn KFold)
+    affine_border: str = "reflect"  # reflect-101 (as the code asks) | constant 0 (as it ran)
+    blur: str = "kernel"  # kernel: 3/5/7, OpenCV's sigma | sigma: U[0.5,3], kernel int(3.5s)*2+1
+    stats: str = "fold"  # z-score stats from the training fold | all: every labelled tile (authors)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,13 @@ class TrainConfig:
     # run at once (exit 3), or "skip" its update and stop after max_nonfinite in a row.
     on_nonfinite: str = "stop"
     max_nonfinite: int = 10
+    ema_warmup_mean: bool = False  # EMA decay min(decay, 1 - 1/(n+1)) in the warm-up steps
+    ema_batch_stats: bool = True  # EMA also of BatchNorm statistics (false: raw model's ones)
+    warmup_start: float = 0.0  # LR factor floor during warm-up: max(step/warmup, warmup_start)
+    lr_floor: float = 0.0  # cosine decays to this fraction of lr
+    dice: str = "batch"  # Dice over the whole batch | per_tile: mean over tiles of per-tile Dice
+    drop_last: bool = True  # drop an epoch's last partial batch (false: keep it, as the authors)
+    select_threshold: float = 0.51  # threshold scoring raw vs EMA weights each epoch
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ Conventions (the paper names the losses but not all of their constants):
   pixel of every tile (eq. 5), not per tile. They are optax's generalised Dice with the
   smoothing ε = 1e-7 in numerator and denominator: eq. 5 up to O(ε), except that a perfect
   prediction of an all-background batch scores 0 rather than 1.
+- ``train.dice = "per_tile"`` swaps the Dice term (alone or in a composite) for the authors'
+  code: per tile 2·Σ(p·y) / (Σp + Σy + ε) over its pixels, ε in the denominator only, and
+  loss 1 − the mean over the batch (an all-background tile then costs 1 whatever it predicts).
 - A composite ("bce_w_dice", "dice_lovasz", ...) is the mean of its terms, as eq. 4's ½ + ½.
 - Focal: Lin et al.'s γ = 2, α = 0.25 (α weights the positives), mean over pixels.
 - Tversky: α = 0.3 on false positives, β = 0.7 on false negatives (Salehi et al.).
@@ -63,6 +66,13 @@ def _tversky_index_loss(logits, mask, alpha, beta):
 
 def dice(logits, mask, pos_weight):
     return _tversky_index_loss(logits, mask, 0.5, 0.5)
+
+
+def dice_per_tile(logits, mask, pos_weight):
+    prob = jax.nn.sigmoid(logits)
+    overlap = 2.0 * jnp.sum(prob * mask, axis=(1, 2))
+    total = jnp.sum(prob, axis=(1, 2)) + jnp.sum(mask, axis=(1, 2)) + EPS
+    return 1.0 - jnp.mean(overlap / total)
 
 
 def soft_iou(logits, mask, pos_weight):
@@ -121,25 +131,34 @@ def multi_head(fn: LossFn) -> LossFn:
     return loss
 
 
-_LOSSES: dict[str, LossFn] = {
-    "bce": bce,
-    "dice": dice,
-    "bce_dice": mean_of(bce, dice),
-    "bce_w_dice": mean_of(bce_weighted, dice),
-    "focal": focal,
-    "focal_dice": mean_of(focal, dice),
-    "soft_iou": soft_iou,
-    "bce_soft_iou": mean_of(bce, soft_iou),
-    "tversky": tversky,
-    "dice_boundary_dice": mean_of(dice, boundary_dice),
-    "dice_lovasz": mean_of(dice, lovasz_hinge),
-    "bce_w_dice_lovasz": mean_of(bce_weighted, dice, lovasz_hinge),
-}
-NAMES = tuple(_LOSSES)
+def _losses(dice: LossFn) -> dict[str, LossFn]:
+    """The named losses, with `dice` as their Dice term."""
+    return {
+        "bce": bce,
+        "dice": dice,
+        "bce_dice": mean_of(bce, dice),
+        "bce_w_dice": mean_of(bce_weighted, dice),
+        "focal": focal,
+        "focal_dice": mean_of(focal, dice),
+        "soft_iou": soft_iou,
+        "bce_soft_iou": mean_of(bce, soft_iou),
+        "tversky": tversky,
+        "dice_boundary_dice": mean_of(dice, boundary_dice),
+        "dice_lovasz": mean_of(dice, lovasz_hinge),
+        "bce_w_dice_lovasz": mean_of(bce_weighted, dice, lovasz_hinge),
+    }
 
 
-def get(name: str) -> LossFn:
-    """The loss called `name` (see NAMES): fn(logits (B,H,W,K), mask (B,H,W,1), pos_weight)."""
-    if name not in _LOSSES:
+_LOSSES = {"batch": _losses(dice), "per_tile": _losses(dice_per_tile)}  # by train.dice
+NAMES = tuple(_LOSSES["batch"])
+DICE_MODES = tuple(_LOSSES)
+
+
+def get(name: str, dice: str = "batch") -> LossFn:
+    """The loss called `name` (see NAMES) with its Dice term over the batch or per tile
+    (`dice`, see DICE_MODES): fn(logits (B,H,W,K), mask (B,H,W,1), pos_weight)."""
+    if dice not in _LOSSES:
+        raise ConfigError(f"train.dice: unknown mode '{dice}' (modes: {', '.join(DICE_MODES)})")
+    if name not in _LOSSES[dice]:
         raise ConfigError(f"train.loss: unknown loss '{name}' (losses: {', '.join(NAMES)})")
-    return multi_head(_LOSSES[name])
+    return multi_head(_LOSSES[dice][name])

@@ -52,13 +52,37 @@ class TrainState(train_state.TrainState):
     dynamic_scale: dynamic_scale_lib.DynamicScale | None = None
 
 
-def make_schedule(tcfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warm-up from 0 to `lr` over `warmup_epochs`, then cosine to 0 at the last step."""
+def warmup_steps(tcfg: config_lib.TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(warm-up steps, total steps) of a run."""
     total = max(1, tcfg.epochs * steps_per_epoch)
-    warmup = min(total - 1, round(tcfg.warmup_epochs * steps_per_epoch))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=tcfg.lr, warmup_steps=warmup, decay_steps=total, end_value=0.0
-    )
+    return min(total - 1, round(tcfg.warmup_epochs * steps_per_epoch)), total
+
+
+def make_schedule(tcfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate of update n: `lr` times max(n / warmup, warmup_start) during the
+    warm-up, then lr_floor + (1 - lr_floor) * cosine from 1 down to 0 at the last step
+    (warmup_start = lr_floor = 0: a warm-up from 0 and a cosine to 0; the authors' code: 0.01
+    and 0.05)."""
+    warmup, total = warmup_steps(tcfg, steps_per_epoch)
+
+    def warm(step):
+        return tcfg.lr * jnp.maximum(step / max(warmup, 1), tcfg.warmup_start)
+
+    cosine = optax.cosine_decay_schedule(tcfg.lr, decay_steps=total - warmup, alpha=tcfg.lr_floor)
+    return optax.join_schedules([warm, cosine], [warmup])
+
+
+def make_ema_decay(tcfg: config_lib.TrainConfig, steps_per_epoch: int) -> optax.Schedule | None:
+    """The EMA decay of update n (None without EMA): `ema_decay`, or with ema_warmup_mean
+    min(ema_decay, 1 - 1/(n+1)) during the warm-up steps, so that the average starts as the
+    running mean of the weights after each update and the initial weights never enter it."""
+    if not tcfg.ema:
+        return None
+    warmup, _ = warmup_steps(tcfg, steps_per_epoch)
+    if not tcfg.ema_warmup_mean:
+        return optax.constant_schedule(tcfg.ema_decay)
+    return lambda n: jnp.where(n < warmup, jnp.minimum(tcfg.ema_decay, 1.0 - 1.0 / (n + 1.0)),
+                               tcfg.ema_decay)
 
 
 # Parameters timm's recipe never decays besides vectors (norms, biases): SwinV2's attention
@@ -104,9 +128,14 @@ def create_state(
 
 
 def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_name: str,
-               ema_decay: float | None, schedule: optax.Schedule):
-    """One optimisation step; pure. Returns the new state and scalar metrics."""
-    loss_fn = losses.get(loss_name)
+               ema_decay: optax.Schedule | None, schedule: optax.Schedule,
+               ema_batch_stats: bool = True, dice: str = "batch"):
+    """One optimisation step; pure. Returns the new state and scalar metrics.
+
+    `ema_decay` maps the update count to the EMA decay (make_ema_decay; None: no EMA). With
+    `ema_batch_stats` false the EMA weights take the raw model's BatchNorm statistics.
+    """
+    loss_fn = losses.get(loss_name, dice)
     key = jax.random.fold_in(base_key, state.step)
     if "warp" in batch:  # the loader left the geometric augmentation to the device
         batch = data_lib.augment.warp(batch)
@@ -140,11 +169,12 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
                                      state.dynamic_scale)
 
     stepped = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if ema_decay is not None:  # ema = decay * ema + (1 - decay) * new weights (BN statistics too)
-        ema = functools.partial(optax.incremental_update, step_size=1.0 - ema_decay)
+    if ema_decay is not None:  # ema = decay * ema + (1 - decay) * new weights
+        ema = functools.partial(optax.incremental_update, step_size=1.0 - ema_decay(state.step))
+        ema_stats = ema(stepped.batch_stats, state.ema_batch_stats) if ema_batch_stats else (
+            stepped.batch_stats)
         stepped = stepped.replace(
-            ema_params=ema(stepped.params, state.ema_params),
-            ema_batch_stats=ema(stepped.batch_stats, state.ema_batch_stats),
+            ema_params=ema(stepped.params, state.ema_params), ema_batch_stats=ema_stats
         )
     # A step with non-finite loss or gradients changes nothing but the step count (and the
     # fp16 scale): params, optimiser state, BN statistics and EMA stay as they were.
@@ -169,12 +199,13 @@ def train_step(state: TrainState, batch: dict, pos_weight, base_key, *, loss_nam
     }
 
 
-def eval_step(apply_fn, variables: dict, batch: dict, pos_weight, threshold, *, loss_name: str):
+def eval_step(apply_fn, variables: dict, batch: dict, pos_weight, threshold, *, loss_name: str,
+              dice: str = "batch"):
     """Confusion counts and the weighted loss sum of one (padded) batch; pure."""
     logits = apply_fn(variables, batch["rgb"], batch["aux"], train=False).astype(jnp.float32)
     weight = batch["weight"]
     per_tile = jax.vmap(
-        lambda lg, m: losses.get(loss_name)(lg[None], m[None], pos_weight)
+        lambda lg, m: losses.get(loss_name, dice)(lg[None], m[None], pos_weight)
     )(logits, batch["mask"])
     pred = jax.nn.sigmoid(logits) > threshold
     return {
@@ -191,20 +222,22 @@ def make_train_step(tcfg: config_lib.TrainConfig, steps_per_epoch: int,
     state's buffers donated. Batches may be global arrays or (one process) numpy arrays."""
     placement = placement or parallel.Placement.all_devices()
     step = functools.partial(
-        train_step, loss_name=tcfg.loss, ema_decay=tcfg.ema_decay if tcfg.ema else None,
-        schedule=make_schedule(tcfg, steps_per_epoch),
+        train_step, loss_name=tcfg.loss, ema_decay=make_ema_decay(tcfg, steps_per_epoch),
+        schedule=make_schedule(tcfg, steps_per_epoch), ema_batch_stats=tcfg.ema_batch_stats,
+        dice=tcfg.dice,
     )
     replicated = placement.replicated
     return jax.jit(step, in_shardings=(replicated, placement.data, replicated, replicated),
                    out_shardings=replicated, donate_argnums=0)
 
 
-def make_eval_step(apply_fn, loss_name: str, placement: parallel.Placement | None = None):
+def make_eval_step(apply_fn, loss_name: str, placement: parallel.Placement | None = None,
+                   dice: str = "batch"):
     """`eval_step` jitted: fn(variables, batch, pos_weight, threshold) -> counts and loss sums,
     sharded as :func:`make_train_step`."""
     placement = placement or parallel.Placement.all_devices()
     replicated = placement.replicated
-    return jax.jit(functools.partial(eval_step, apply_fn, loss_name=loss_name),
+    return jax.jit(functools.partial(eval_step, apply_fn, loss_name=loss_name, dice=dice),
                    in_shardings=(replicated, placement.data, replicated, replicated),
                    out_shardings=replicated)
 
@@ -413,15 +446,21 @@ class FoldData:
 
 
 def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
-    """Reads the dataset, splits off the fold and fits the statistics on its training tiles."""
+    """Reads the dataset, splits off the fold and fits the statistics (data.stats: on its
+    training tiles, or on all labelled tiles)."""
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size,
                                     cfg.data.resize)
+    if dataset.unlabelled:
+        log.info(dataset.describe_unlabelled())
     images, masks = dataset.load()
-    train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
-    stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
+    train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed,
+                                              cfg.data.folds)
+    rows = data_lib.folds.stats_rows(dataset, train_idx, cfg.data.stats)
+    stats = data_lib.Stats.fit(images[rows], masks[rows])
     if parallel.is_main():
         stats.save(fold_dir / "stats.json")
-    steps = data_lib.loader.steps_per_epoch(len(train_idx), cfg.train.batch_size)
+    steps = data_lib.loader.steps_per_epoch(len(train_idx), cfg.train.batch_size,
+                                            cfg.train.drop_last, jax.device_count())
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     return FoldData(images, masks, train_idx, val_idx, stats, steps)
@@ -489,7 +528,9 @@ def train_epoch(run: FoldRun, state: TrainState, epoch: int, bar,
     batches = data_lib.loader.train_loader(
         data.images, data.masks, data.train_idx, data.stats, global_batch_size=tcfg.batch_size,
         seed=tcfg.seed, epoch=epoch, augment=run.cfg.data.augment, workers=run.cfg.data.workers,
-        device_warp=run.cfg.data.device_warp, start_step=len(done),
+        device_warp=run.cfg.data.device_warp, start_step=len(done), blur=run.cfg.data.blur,
+        border=run.cfg.data.affine_border, drop_last=tcfg.drop_last,
+        row_multiple=jax.device_count(),
     )
     # enumerate + break (not islice) runs the loader to its end when the epoch is whole, so its
     # worker stream carries on into the next epoch.
@@ -587,11 +628,17 @@ def score(run: FoldRun, variables: dict) -> dict:
     return {**metrics.summarize(counts), "loss": loss_sum / max(tiles, 1.0)}
 
 
+def better_weights(record: dict, kinds: list[str]) -> str:
+    """The kind of weights ("raw", "ema") with the higher held-out mIoU; EMA wins a tie, as in
+    the authors' code (ema_mIoU >= raw_mIoU)."""
+    return max(reversed(kinds), key=lambda kind: record[kind]["miou"])
+
+
 def end_epoch(run: FoldRun, state: TrainState, record: dict, candidates: dict[str, dict],
               best: dict) -> dict:
     """Exports the better-scoring weights as best/ when they beat the best so far, logs the
     epoch and checkpoints the state; returns the best so far."""
-    kind = max(candidates, key=lambda k: record[k]["miou"])
+    kind = better_weights(record, list(candidates))
     improved = record[kind]["miou"] > best["miou"]
     if improved:
         best = {"epoch": record["epoch"], "weights": kind, **record[kind]}
@@ -635,11 +682,11 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         run = FoldRun(
             cfg, fold_dir, data, placement,
             train_fn=make_train_step(tcfg, data.steps_per_epoch, placement),
-            eval_fn=make_eval_step(state.apply_fn, tcfg.loss, placement),
+            eval_fn=make_eval_step(state.apply_fn, tcfg.loss, placement, tcfg.dice),
             dropout_key=dropout_key, pos_weight=jnp.float32(data.stats.pos_weight),
-            threshold=jnp.float32(cfg.predict.threshold),
-            log=RunLog(fold_dir, start_epoch, int(state.step), tensorboard), manager=manager, stop=stop,
-            guard=guard,
+            threshold=jnp.float32(tcfg.select_threshold),
+            log=RunLog(fold_dir, start_epoch, int(state.step), tensorboard), manager=manager,
+            stop=stop, guard=guard,
         )
         log.info(describe_run(run, fold, precision))
         bar = console.progress(total=tcfg.epochs * data.steps_per_epoch,

@@ -68,6 +68,7 @@ EXPECTED = {
     },
     11: {tta: {"tta": tta} for tta in ("none", "hflip", "vflip", "flip2", "rot4", "d4")},
     12: {"ema": {"ema": True}, "no_ema": {"ema": False}},
+    13: {"mid": {}, "late": {"arch": "late"}},
 }
 
 
@@ -154,7 +155,7 @@ def test_unknown_table_and_row_are_user_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(["--table", "4"])
     assert exit_info.value.code == 2
-    assert "--table 4: choose one of 3, 5, 6" in capsys.readouterr().err
+    assert "--table 4: choose one of 2, 3, 5, 6" in capsys.readouterr().err
     with pytest.raises(UserError, match="Table 6 has no row 'l13'"):
         tables.get(6).row("l13")
 

@@ -12,6 +12,10 @@ Layouts understood (the root is only ever read):
 Images and masks pair by :func:`jaxswin.data.io.tile_id`: Image_X / Mask_X, ImageT_X / MaskT_X
 or the same file name in both folders. An image without a mask is an error; files that are not
 tiles, and masks without an image, are skipped with one warning line.
+
+A split folder with images/ and no masks/ is an unlabelled split, as the challenge's test/ is:
+its tiles are counted in :attr:`Dataset.unlabelled` and otherwise left alone (predict them with
+``jaxswin.predict --input ROOT/test/images``).
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ class Dataset:
         samples: list[Sample],
         size: int,
         resize: bool = False,
+        unlabelled: dict[str, int] | None = None,
     ):
         self.root = root
         self.channels = channels
         self.samples = tuple(samples)
         self.size = size
         self.resize = resize  # tiles of another size are resized to `size` (else an error)
+        self.unlabelled = dict(unlabelled or {})  # split -> tiles without masks, left aside
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -65,7 +71,16 @@ class Dataset:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{name}={len(self.indices(name))}" for name in self.splits)
-        return f"Dataset({self.root}, {counts})"
+        aside = "".join(f", {name}={n} unlabelled" for name, n in self.unlabelled.items())
+        return f"Dataset({self.root}, {counts}{aside})"
+
+    def describe_unlabelled(self) -> str:
+        """One line on the unlabelled tiles left aside ("" if there are none)."""
+        if not self.unlabelled:
+            return ""
+        where = ", ".join(f"{n} in {name}/" for name, n in self.unlabelled.items())
+        return (f"left aside {sum(self.unlabelled.values())} unlabelled tiles ({where}: images/ "
+                "without masks/); predict them with jaxswin.predict --input")
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -146,8 +161,6 @@ def _pairs_from_csv(table: Path) -> list[tuple[Path, Path]]:
 
 def _pairs_from_folders(folder: Path, skipped: list[Path]) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
-    if not masks_dir.is_dir():
-        raise DataError(f"{folder}: has images/ but no masks/ folder")
     masks: dict[str, Path] = {}
     folders: dict[str, Path] = {}  # folders named like masks, reported if their image asks
     for path in sorted(masks_dir.iterdir()):
@@ -197,7 +210,11 @@ def scan(
     sources.sort(key=lambda source: (known.get(source[0], len(known)), source[0]))
     samples: list[Sample] = []
     skipped: list[Path] = []
+    unlabelled: dict[str, int] = {}
     for split, source in sources:
+        if source.is_dir() and not (source / "masks").is_dir():
+            unlabelled[split] = sum(io.is_tile(p) for p in (source / "images").iterdir())
+            continue
         if source.is_file():
             pairs = _pairs_from_csv(source)
         else:
@@ -209,11 +226,13 @@ def scan(
             samples.append(Sample(io.tile_id(image), image, mask, split))
     io.warn_skipped(skipped, "not a .tif tile, or a mask without its image")
     if not samples:
+        aside = "".join(f"; {source} has {unlabelled[split]} images but no masks/ folder"
+                        for split, source in sources if split in unlabelled)
         raise DataError(
             f"{root}: no labelled tiles found (expected train/images/*.tif with train/masks/*.tif, "
-            "or the same under val/, test/ or *_partition/)"
+            f"or the same under val/, test/ or *_partition/{aside})"
         )
-    return Dataset(root, channels, samples, size, resize)
+    return Dataset(root, channels, samples, size, resize, unlabelled)
 
 
 def cache_dir() -> Path:

@@ -1,4 +1,9 @@
-"""Cross-validation folds over the labelled tiles (§4.2: 5-fold CV) and the official split."""
+"""Cross-validation folds over the labelled tiles (§4.2: 5-fold CV) and the official split.
+
+Two ways to deal the tiles into folds (``data.folds``): "stratified" by foreground fraction
+(jaxswin's), and "kfold", the authors' sklearn ``KFold(shuffle=True, random_state=seed)`` over
+the labelled tiles in path order, restated here without sklearn.
+"""
 
 from __future__ import annotations
 
@@ -25,20 +30,52 @@ def assign(fractions: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42):
+def kfold(num_tiles: int, num_folds: int, seed: int) -> np.ndarray:
+    """A fold number per tile as sklearn's KFold(num_folds, shuffle=True, random_state=seed).
+
+    The positions 0..N-1 shuffled by numpy's legacy RandomState(seed), then cut into
+    contiguous folds, the first N mod num_folds of them one tile larger.
+    """
+    order = np.arange(num_tiles)
+    np.random.RandomState(seed).shuffle(order)
+    sizes = np.full(num_folds, num_tiles // num_folds)
+    sizes[: num_tiles % num_folds] += 1
+    folds = np.empty(num_tiles, np.int64)
+    folds[order] = np.repeat(np.arange(num_folds), sizes)
+    return folds
+
+
+def _stratified(dataset, pool: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    _, masks = dataset.load()
+    return assign(masks[pool].mean(axis=(1, 2)), num_folds, seed)
+
+
+def _kfold(dataset, pool: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
+    return kfold(len(pool), num_folds, seed)  # the pool is in path order: train/, then val/
+
+
+# data.folds -> fn(dataset, pool rows, num_folds, seed) -> a fold number per pool row.
+METHODS = {"stratified": _stratified, "kfold": _kfold}
+
+
+def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42,
+          method: str = "stratified"):
     """(train_indices, val_indices) into `dataset.samples` (and the rows of `dataset.load()`).
 
-    `fold` k in [0, num_folds) holds out the k-th fold of all tiles of the train and val
-    splits together; "official" is the dataset's own train/val split.
+    `fold` k in [0, num_folds) holds out the k-th fold (dealt by `method`, see METHODS) of all
+    tiles of the train and val splits together; "official" is the dataset's own train/val split.
     """
     if fold == "official":
         train, val = dataset.indices("train"), dataset.indices("val")
         if not len(train) or not len(val):
             raise ConfigError(
                 f"--fold official: {dataset.root} needs both a train and a validation split "
-                f"(it has: {', '.join(dataset.splits)}); use a fold number instead"
+                f"(labelled splits: {', '.join(dataset.splits)}); use a fold number (--fold 0) "
+                f"instead, or add {dataset.root}/val/images and val/masks"
             )
         return train, val
+    if method not in METHODS:
+        raise ConfigError(f"data.folds={method!r}: choose one of {', '.join(METHODS)}")
     if seed < 0:
         raise ConfigError(f"data.fold_seed={seed}: must be a non-negative integer")
     if num_folds < 2:
@@ -53,7 +90,16 @@ def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42):
             f"data.num_folds={num_folds}: {dataset.root} has only {len(pool)} labelled "
             "train/val tiles"
         )
-    _, masks = dataset.load()
-    fractions = masks[pool].mean(axis=(1, 2))
-    held_out = assign(fractions, num_folds, seed) == fold
+    held_out = METHODS[method](dataset, pool, num_folds, seed) == fold
     return pool[~held_out], pool[held_out]
+
+
+def stats_rows(dataset, train: np.ndarray, mode: str = "fold") -> np.ndarray:
+    """The rows the z-score statistics and w+ come from (``data.stats``): "fold", the training
+    fold's tiles only; "all", every labelled train/val tile, held-out fold included (the
+    authors' code: one set for all folds, which lets the held-out tiles into the statistics)."""
+    if mode == "fold":
+        return np.asarray(train)
+    if mode == "all":
+        return dataset.indices(*CV_SPLITS)
+    raise ConfigError(f"data.stats={mode!r}: choose 'fold' or 'all'")

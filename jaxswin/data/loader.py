@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
+import math
 from collections.abc import Iterator
 
 import grain
@@ -52,30 +54,45 @@ class _Tiles:
         return f"_Tiles({len(self)} of {len(self.images)})"
 
 
-@functools.partial(jax.jit, static_argnames=("stats", "apply_warp"))
-def _finish(batch: dict, stats: Stats, apply_warp: bool) -> dict:
+@functools.partial(jax.jit, static_argnames=("stats", "apply_warp", "border"))
+def _finish(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect") -> dict:
     """Batched tiles -> model inputs in one XLA pass: z-score, split streams, warp."""
     rgb, aux = split_streams(stats.apply(batch["image"]))
     out = {"rgb": rgb, "aux": aux, "mask": batch["mask"][..., None].astype(jnp.float32)}
     if "warp" in batch:
         out["warp"] = batch["warp"]
+        if border == "constant":  # 0 in the percentile-scaled tile, i.e. before the z-score
+            zeros = jnp.zeros((len(batch["warp"]), rgb.shape[-1] + aux.shape[-1]), jnp.float32)
+            out["fill_rgb"], out["fill_aux"] = split_streams(stats.apply(zeros))
     return augment_lib.warp(out) if apply_warp else out
 
 
-def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool) -> dict:
+def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect") -> dict:
     # Pinned to the CPU: the loader yields numpy, whatever the default device.
     cpu = jax.local_devices(backend="cpu")[0]
-    return jax.device_get(_finish(jax.device_put(batch, cpu), stats, apply_warp))
+    return jax.device_get(_finish(jax.device_put(batch, cpu), stats, apply_warp, border))
 
 
-def steps_per_epoch(num_tiles: int, global_batch_size: int) -> int:
-    """Whole global batches in an epoch of `num_tiles` (the remainder is dropped)."""
+def last_batch_size(num_tiles: int, global_batch_size: int, drop_last: bool,
+                    row_multiple: int = 1) -> int:
+    """Rows of an epoch's last partial batch: 0 with `drop_last`, else the remainder cut down
+    to a multiple of `row_multiple` (the device count: every device takes an equal share)."""
+    if drop_last:
+        return 0
+    return num_tiles % global_batch_size // row_multiple * row_multiple
+
+
+def steps_per_epoch(num_tiles: int, global_batch_size: int, drop_last: bool = True,
+                    row_multiple: int = 1) -> int:
+    """Global batches in an epoch of `num_tiles`: the whole ones, and with `drop_last` false
+    the last partial one (see last_batch_size)."""
     if num_tiles < global_batch_size:
         raise ConfigError(
             f"train.batch_size={global_batch_size} is larger than the {num_tiles} training "
             "tiles; lower the batch size"
         )
-    return num_tiles // global_batch_size
+    partial = last_batch_size(num_tiles, global_batch_size, drop_last, row_multiple)
+    return num_tiles // global_batch_size + (partial > 0)
 
 
 def train_loader(
@@ -93,14 +110,22 @@ def train_loader(
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    blur: str = "kernel",
+    border: str = "reflect",
+    drop_last: bool = True,
+    row_multiple: int = 1,
 ) -> Iterator[dict]:
     """One epoch of training batches for this process.
 
-    Yields steps_per_epoch(len(indices), global_batch_size) dicts of numpy arrays: "rgb"
-    (b, H, W, 3), "aux" (b, H, W, 4), "mask" (b, H, W, 1) float32, with
-    b = global_batch_size // process_count. `images` are percentile-scaled (N, H, W, 7)
-    (Dataset.load()), `indices` the training rows. `workers` > 0 runs the per-tile work in
-    that many grain worker processes (worth it with spare cores; 0 runs it inline).
+    Yields steps_per_epoch(len(indices), global_batch_size, drop_last, row_multiple) dicts of
+    numpy arrays: "rgb" (b, H, W, 3), "aux" (b, H, W, 4), "mask" (b, H, W, 1) float32, with
+    b = global_batch_size // process_count, and with `drop_last` false a last batch of the
+    epoch's remaining tiles (last_batch_size rows over all processes; a second batch shape,
+    so one more compilation of the training step). `blur` and `border` are data.blur and
+    data.affine_border (with device_warp, batches carry the border's fill values for warp).
+    `images` are percentile-scaled (N, H, W, 7) (Dataset.load()), `indices` the training
+    rows. `workers` > 0 runs the per-tile work in that many grain worker processes (worth it
+    with spare cores; 0 runs it inline).
     `device_warp=True` leaves the geometric warp to the caller: batches then carry "warp"
     (b, 2, 3) and the caller applies :func:`jaxswin.data.augment.warp` on its device.
     `start_step` > 0 skips the epoch's first batches, for a run resumed mid-epoch: the rest are
@@ -111,27 +136,44 @@ def train_loader(
         raise ConfigError(f"train.seed={seed}: the data seed must be in [0, 2**32)")
     process_index, process_count = parallel.process_layout(process_index, process_count)
     local_batch = parallel.local_share(global_batch_size, process_count)
-    steps = steps_per_epoch(len(indices), global_batch_size)
-    if not 0 <= start_step < steps:
-        raise ValueError(f"start_step={start_step} outside an epoch of {steps} steps")
+    steps = len(indices) // global_batch_size  # whole batches
+    steps_per_epoch(len(indices), global_batch_size)  # checks the batch fits the tiles
+    last = last_batch_size(len(indices), global_batch_size, drop_last,
+                           math.lcm(row_multiple, process_count))
+    if not 0 <= start_step < steps + (last > 0):
+        raise ValueError(f"start_step={start_step} outside an epoch of {steps + (last > 0)} steps")
     # Every epoch from here on, back to back. Grain reshuffles each repetition of the tiles
     # and seeds each record's generator by its position in the stream; slicing keeps the whole
     # global batches of every epoch (reads past a slice's end continue in the next epoch).
     ds = grain.MapDataset.source(_Tiles(images, masks, indices)).shuffle(seed=seed)
     if augment:
-        ds = ds.random_map(augment_lib.Augment(), seed=seed)
+        ds = ds.random_map(augment_lib.Augment(blur), seed=seed)
+    tiles = ds
     # A global batch is the processes' blocks of rows in process order, as
     # jax.make_array_from_process_local_data assembles it: every row sits where a single
     # process would have it, and so draws the same dropout and drop-path noise.
     ds = ds[: steps * global_batch_size].batch(local_batch, drop_remainder=True)
-    ds = ds[process_index::process_count].repeat()[epoch * steps + start_step :]
-    finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp)
+    first = min(start_step, steps)  # a resumed epoch's first whole batch
+    ds = ds[process_index::process_count].repeat()[epoch * steps + first :]
+    finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp,
+                               border=border)
     if workers == 0:
-        return map(finish, ds[: steps - start_step].to_iter_dataset(_READ))
-    # The tiles by identity (they are large), the rest by value.
-    setup = ((images, masks), (tuple(np.asarray(indices).tolist()), stats, global_batch_size, seed,
-                               augment, workers, device_warp, process_index, process_count))
-    return _worker_stream(setup, ds, workers, epoch, start_step).epoch(steps - start_step, finish)
+        batches = map(finish, ds[: steps - first].to_iter_dataset(_READ))
+    else:
+        # The tiles by identity (they are large), the rest by value.
+        setup = ((images, masks), (tuple(np.asarray(indices).tolist()), stats, global_batch_size,
+                                   seed, augment, blur, workers, device_warp, process_index,
+                                   process_count))
+        batches = _worker_stream(setup, ds, workers, epoch, first).epoch(steps - first, finish)
+    if not last:
+        return batches
+    # The epoch's tiles after its whole batches (grain reads index epoch*N + i as tile i of
+    # epoch `epoch`'s shuffle), this process's block of them, in the main process.
+    share = last // process_count
+    start = epoch * len(indices) + steps * global_batch_size + process_index * share
+    rows = [tiles[start + i] for i in range(share)]
+    tail = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    return itertools.chain(batches, [finish(tail)])
 
 
 class _Stream:

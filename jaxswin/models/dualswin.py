@@ -26,6 +26,7 @@ from jaxswin.models.decoders import DECODERS, NESTED
 from jaxswin.models.layers import resize_bilinear
 
 ARCHS = ("dual", "late", "single")
+HEAD_DROPOUTS = ("element", "channel")
 STREAMS = bands.RGB + bands.AUX  # channel order of concatenate([rgb, aux])
 
 
@@ -38,6 +39,7 @@ class SegmentationHead(nn.Module):
     dropout: float = 0.1
     deep_supervision: bool = False
     dtype: Any = jnp.float32
+    dropout_kind: str = "element"  # element: single values | channel: whole maps (Dropout2d)
 
     @nn.compact
     def __call__(self, features: Sequence, size: tuple[int, int], train: bool = False):
@@ -45,7 +47,9 @@ class SegmentationHead(nn.Module):
         gate = attention.channel_attention(self.attention, name="attention")
         if gate is not None:
             x = gate(x, train)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        # Dropout2d zeroes a channel over all pixels: one draw per (tile, channel).
+        whole_maps = (1, 2) if self.dropout_kind == "channel" else ()
+        x = nn.Dropout(self.dropout, broadcast_dims=whole_maps, deterministic=not train)(x)
         logits = [nn.Conv(1, (1, 1), dtype=self.dtype, name="conv")(x)]
         if self.deep_supervision:
             side = [
@@ -76,11 +80,21 @@ def encode(cfg: ModelConfig, x, prefix: str, train: bool, dtype):
     return encoder(x, train)
 
 
+def order_aux(cfg: ModelConfig, aux):
+    """The AUX stream (canonical thermal, slope, DEM, gray) in `cfg.aux_order`, the order its
+    encoder reads: a pretrained warm start gives the first three the red, green and blue filters
+    and the fourth their mean (models.load_pretrained)."""
+    if tuple(cfg.aux_order) == bands.AUX:
+        return aux
+    return jnp.take(aux, np.asarray([bands.AUX.index(c) for c in cfg.aux_order]), axis=-1)
+
+
 def decode(cfg: ModelConfig, pyramid, size, prefix: str, train: bool, dtype):
     """The configured decoder and the head, as `{prefix}decoder` and `{prefix}head`."""
     decoder = DECODERS[cfg.decoder](cfg.decoder_channels, dtype=dtype, name=f"{prefix}decoder")
     head = SegmentationHead(
-        cfg.decoder_attention, cfg.dropout, cfg.deep_supervision, dtype, name=f"{prefix}head"
+        cfg.decoder_attention, cfg.dropout, cfg.deep_supervision, dtype, cfg.head_dropout,
+        name=f"{prefix}head",
     )
     return head(decoder(pyramid, train), size, train)
 
@@ -93,8 +107,8 @@ class DualSwinFusionSeg(nn.Module):
     def __call__(self, rgb, aux, train: bool = False):
         cfg = self.config
         rgb_pyramid = encode(cfg, rgb, "rgb_", train, self.dtype)
-        aux_pyramid = encode(cfg, aux, "aux_", train, self.dtype)
-        fused = fusion.CrossModalFusion(cfg.fusion, self.dtype, name="fusion")(
+        aux_pyramid = encode(cfg, order_aux(cfg, aux), "aux_", train, self.dtype)
+        fused = fusion.CrossModalFusion(cfg.fusion, self.dtype, cfg.fusion_weight, name="fusion")(
             rgb_pyramid, aux_pyramid, train
         )
         return decode(cfg, fused, rgb.shape[1:3], "", train, self.dtype)
@@ -112,7 +126,7 @@ class LateFusionSeg(nn.Module):
         size = rgb.shape[1:3]
         rgb_pyramid = encode(cfg, rgb, "rgb_", train, self.dtype)
         rgb_logits = decode(cfg, rgb_pyramid, size, "rgb_", train, self.dtype)
-        aux_pyramid = encode(cfg, aux, "aux_", train, self.dtype)
+        aux_pyramid = encode(cfg, order_aux(cfg, aux), "aux_", train, self.dtype)
         aux_logits = decode(cfg, aux_pyramid, size, "aux_", train, self.dtype)
         weight = nn.sigmoid(self.param("blend_logit", nn.initializers.zeros, ()))  # starts at 1/2
         return weight * rgb_logits + (1 - weight) * aux_logits
@@ -161,6 +175,16 @@ def validate(cfg: ModelConfig) -> None:
             f"model.bands: unknown channel(s) {', '.join(unknown)} "
             f"(channels: {', '.join(bands.CHANNELS)})"
         )
+    if sorted(cfg.aux_order) != sorted(bands.AUX):
+        raise ConfigError(
+            f"model.aux_order must list {', '.join(bands.AUX)} once each, got {list(cfg.aux_order)}"
+        )
+    if cfg.head_dropout not in HEAD_DROPOUTS:
+        raise ConfigError(
+            f"model.head_dropout = {cfg.head_dropout!r} is not one of: {', '.join(HEAD_DROPOUTS)}"
+        )
+    if not 0.0 <= cfg.fusion_weight <= 1.0:
+        raise ConfigError(f"model.fusion_weight = {cfg.fusion_weight} must be in [0, 1]")
     if len(set(cfg.bands)) != len(cfg.bands):
         raise ConfigError(f"model.bands lists a channel twice: {list(cfg.bands)}")
     if cfg.bands and cfg.arch != "single":
