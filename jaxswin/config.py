@@ -51,6 +51,10 @@ class DataConfig:
     # Leave the geometric warp of the augmentation to the training step on the device: the
     # host then only shuffles, flips and colours (~2x the tiles/s of a host warp on 2 cores).
     device_warp: bool = True
+    folds: str = "stratified"  # stratified (random over tiles) | spatial (blocks of ground)
+    block_size: int = 4  # spatial folds: side of a block, in tiles
+    buffer: int = 1  # spatial folds: training tiles within this many tiles of a held-out tile are dropped
+    grid_pattern: str = ""  # spatial folds without georeference: regex with (?P<row>) (?P<col>) groups
 
 
 @dataclass(frozen=True)

@@ -340,7 +340,9 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
 
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
-    train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed)
+    train_idx, val_idx = data_lib.folds.split_for(dataset, fold, cfg.data)
+    held_out = data_lib.folds.held_out_kind(cfg.data.folds, fold)
+    dropped = len(dataset.indices(*data_lib.folds.CV_SPLITS)) - len(train_idx) - len(val_idx)
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
     if log.main:
         stats.save(fold_dir / "stats.json")
@@ -389,7 +391,9 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     pos_weight = jnp.float32(stats.pos_weight)
     threshold = jnp.float32(cfg.predict.threshold)
 
-    log(f"fold {fold}: {len(train_idx)} training / {len(val_idx)} held-out tiles, "
+    buffer_note = f" ({dropped} dropped as the buffer around them)" if dropped > 0 else ""
+    log(f"fold {fold}: {len(train_idx)} training / {len(val_idx)} held-out tiles "
+        f"({held_out}){buffer_note}, "
         f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs, global batch {tcfg.batch_size} on "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} "
         f"process(es), {precision}, w+={stats.pos_weight:.3f}")
@@ -447,12 +451,13 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
             "skipped_steps": sum(not s["finite"] for s in losses_seen),
             "train_seconds": round(train_seconds, 2),
             "tiles_per_s": round(train_rate, 2) if train_rate else None,
+            "held_out": held_out,
             **scores,
         }
         improved = scores[kind]["miou"] > best["miou"]
         if improved:
             params, batch_stats = kinds[kind]
-            best = {"epoch": epoch + 1, "weights": kind, **scores[kind]}
+            best = {"epoch": epoch + 1, "weights": kind, "held_out": held_out, **scores[kind]}
             if log.main:
                 export_best(fold_dir, cfg, stats, {"params": params, "batch_stats": batch_stats},
                             best)
@@ -471,7 +476,9 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     bar.close()
     manager.wait_until_finished()
     manager.close()
-    summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs}
+    summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs,
+               "split": {"held_out": held_out, "folds": cfg.data.folds, "train_tiles": len(train_idx),
+                         "held_out_tiles": len(val_idx), "dropped_tiles": dropped}}
     if log.main:
         (fold_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -495,6 +502,7 @@ def format_epoch(record: dict, epochs: int, improved: bool) -> str:
         if kind in record:
             s = record[kind]
             parts.append(f"{kind} mIoU {s['miou']:.4f} F1 {s['f1']:.4f}")
+    parts.append(f"held-out ({record['held_out']})")
     parts.append(f"lr {record['lr']:.2e}")
     parts.append(f"scale {record['loss_scale']:.0f}")
     if record["skipped_steps"]:
@@ -585,11 +593,13 @@ def format_summary(summaries: list[dict], workdir: Path) -> str:
     for s in summaries:
         b = s["best"]
         lines.append(f"  {fold_dirname(s['fold'])}: best epoch {b['epoch']} ({b['weights']} weights) "
-                     f"mIoU {b['miou']:.4f} F1 {b['f1']:.4f} -> {s['dir']}/best")
+                     f"held-out ({s['split']['held_out']}) mIoU {b['miou']:.4f} F1 {b['f1']:.4f} "
+                     f"-> {s['dir']}/best")
     if len(summaries) > 1:
         mious = np.array([s["best"]["miou"] for s in summaries])
         f1s = np.array([s["best"]["f1"] for s in summaries])
-        lines.append(f"  mean over folds: mIoU {mious.mean():.4f} ± {mious.std():.4f}, "
+        kinds = " + ".join(dict.fromkeys(s["split"]["held_out"] for s in summaries))
+        lines.append(f"  mean over folds ({kinds}): mIoU {mious.mean():.4f} ± {mious.std():.4f}, "
                      f"F1 {f1s.mean():.4f} ± {f1s.std():.4f}")
     lines.append(f"predict with: python -m jaxswin.predict --checkpoint {workdir} "
                  "--input TILES --output MASKS")

@@ -1,12 +1,27 @@
-"""Cross-validation folds over the labelled tiles (§4.2: 5-fold CV) and the official split."""
+"""Cross-validation folds over the labelled tiles (§4.2: 5-fold CV) and the official split.
+
+``data.folds`` chooses how tiles are held out: "stratified" (random over tiles, stratified by
+foreground: the optimistic score, every held-out tile has training neighbours) or "spatial"
+(blocks of ground with a buffer, :mod:`jaxswin.data.spatial`: the score on unseen terrain).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from jaxswin.data import spatial
 from jaxswin.errors import ConfigError
 
 CV_SPLITS = ("train", "val")  # the folds pool these; a test split stays held out
+METHODS = ("stratified", "spatial")
+
+
+def held_out_kind(method: str, fold) -> str:
+    """What a score's held-out tiles were, as every printed score says: "random fold",
+    "spatial fold" or "official split"."""
+    if fold == "official":
+        return "official split"
+    return "spatial fold" if method == "spatial" else "random fold"
 
 
 def assign(fractions: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
@@ -25,12 +40,18 @@ def assign(fractions: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42):
+def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42,
+          method: str = "stratified", *, block_size: int = 4, buffer: int = 1,
+          grid_pattern: str = ""):
     """(train_indices, val_indices) into `dataset.samples` (and the rows of `dataset.load()`).
 
     `fold` k in [0, num_folds) holds out the k-th fold of all tiles of the train and val
-    splits together; "official" is the dataset's own train/val split.
+    splits together; "official" is the dataset's own train/val split. `method` "spatial"
+    holds out blocks of `block_size` tiles and leaves out of training the tiles within `buffer`
+    of them (:mod:`jaxswin.data.spatial`).
     """
+    if method not in METHODS:
+        raise ConfigError(f"data.folds={method!r}: choose one of {', '.join(METHODS)}")
     if fold == "official":
         train, val = dataset.indices("train"), dataset.indices("val")
         if not len(train) or not len(val):
@@ -53,7 +74,18 @@ def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42):
             f"data.num_folds={num_folds}: {dataset.root} has only {len(pool)} labelled "
             "train/val tiles"
         )
+    if method == "spatial":
+        train, held_out, _ = spatial.plan(
+            dataset, pool, num_folds, seed, block_size, buffer, grid_pattern).split(fold)
+        return train, held_out
     _, masks = dataset.load()
     fractions = masks[pool].mean(axis=(1, 2))
     held_out = assign(fractions, num_folds, seed) == fold
     return pool[~held_out], pool[held_out]
+
+
+def split_for(dataset, fold, data_cfg):
+    """:func:`split` with the options of a run's `data` config section."""
+    return split(dataset, fold, data_cfg.num_folds, data_cfg.fold_seed, data_cfg.folds,
+                 block_size=data_cfg.block_size, buffer=data_cfg.buffer,
+                 grid_pattern=data_cfg.grid_pattern)
