@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from jaxswin import config as config_lib
+from jaxswin.data import folds
 from jaxswin.errors import cli
 
 
@@ -28,7 +29,7 @@ def add_folds_parser(subparsers) -> None:
     parser.add_argument("--bands", default=defaults.bands,
                         help=f"band profile of the files (default: {defaults.bands})")
     parser.add_argument("--folds", dest="method", default=defaults.folds,
-                        choices=["stratified", "spatial"],
+                        choices=folds.METHODS,
                         help=f"how tiles are held out (default: {defaults.folds})")
     parser.add_argument("--num-folds", type=int, default=defaults.num_folds)
     parser.add_argument("--seed", type=int, default=defaults.fold_seed, help="data.fold_seed")
@@ -46,17 +47,15 @@ def add_folds_parser(subparsers) -> None:
 
 def folds_command(args) -> int:
     from jaxswin.data import dataset as dataset_lib
-    from jaxswin.data import folds, spatial
+    from jaxswin.data import spatial
 
     dataset = dataset_lib.open_dataset(args.data, args.bands)
     pool = dataset.indices(*folds.CV_SPLITS)
     plan = spatial.plan(dataset, pool, args.num_folds, args.seed, args.block_size, args.buffer,
                         args.grid_pattern)
-    if args.method != "spatial":  # same cells, the random folds' assignment
-        fold_of = {int(i): k for k in range(args.num_folds)
-                   for i in folds.split(dataset, k, args.num_folds, args.seed, args.method)[1]}
+    if args.method == "stratified":  # the same tiles, dealt as folds.split deals them
         plan = dataclasses.replace(
-            plan, folds=np.array([fold_of[int(i)] for i in pool]), buffer=0)
+            plan, folds=folds.assign(plan.fractions, args.num_folds, args.seed), buffer=0)
     kind = folds.held_out_kind(args.method, 0)
     title = (f"{dataset.root}: {args.num_folds} {kind}s over {len(pool)} tiles "
              f"(positions from {plan.source})")

@@ -4,9 +4,11 @@ Random folds over tiles give every held-out tile training tiles for neighbours, 
 the model on ground it has nearly seen (the paper's own gap: 0.867 mIoU on development tiles
 interleaved with the training area against 0.783 on an isolated test region). Here:
 
-1. Each tile gets a grid cell (row, col). A georeferenced tile's cell is its upper-left corner
-   divided by the tile's ground footprint (from the GeoTIFF transform), when every tile of the
-   pool has a transform in one CRS. Otherwise the cell comes from the file name: the default
+1. Each tile gets a footprint in tile units and a grid cell (row, col): the cell holding its
+   centre. A georeferenced tile's footprint is its bounds from the GeoTIFF transform divided by
+   the tiles' ground size, when every tile of the pool has a transform in one CRS (so tiles
+   a scene's tiler shifted to fit its edge, as in MMLSv2, overlap their neighbours as they do
+   on the ground). Otherwise the cell comes from the file name: the default
    patterns read ``colX_rowY`` (MMLSv2), ``rowY_colX`` and ``..._R_C`` (MMLS v1's
    ``patch_R_C``: row, then column); ``data.grid_pattern`` replaces them with a regular
    expression whose named groups ``row`` and ``col`` are matched against the tile id.
@@ -14,9 +16,10 @@ interleaved with the training area against 0.783 on an isolated test region). He
 3. Blocks are dealt to K folds so that each fold holds about 1/K of the tiles and of the
    foreground pixels (largest blocks first, each to the fold it fills least, then improving
    moves and swaps of single blocks), in an order shuffled by ``data.fold_seed``.
-4. For fold k, the training set is every other tile except those within ``data.buffer`` cells
-   (Chebyshev distance: edge or corner) of a held-out tile; those are dropped from this fold's
-   training set, so no held-out tile touches a training tile.
+4. For fold k, the training set is every other tile except those whose footprint comes within
+   ``data.buffer`` - 1 tiles of a held-out tile's (buffer 1: touching at an edge or a corner,
+   or overlapping); those are dropped from this fold's training set, so no held-out tile
+   touches a training tile.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import warnings
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from scipy import ndimage
 
+from jaxswin.data import io
 from jaxswin.errors import ConfigError, DataError
 
 # Tried in turn on the tile id (file name without Image_/Mask_ and suffix) when no --grid-pattern.
@@ -44,12 +47,14 @@ DEFAULT_GRID_PATTERNS = (
 class Plan:
     """Where the pool's tiles lie and which fold holds each out.
 
-    Arrays are per tile of `pool` (rows of the dataset): `rows`/`cols` grid cells (from 0),
-    `blocks` block number, `folds` the fold that holds the tile out. `source` says where the
-    cells came from ("georeference" or "file names").
+    Arrays are per tile of `pool` (rows of the dataset): `boxes` footprints (top, left, bottom,
+    right) in tile units, `rows`/`cols` grid cells (from 0), `blocks` block number, `folds` the
+    fold that holds the tile out. `source` says where the footprints came from ("georeference"
+    or "file names").
     """
 
     pool: np.ndarray
+    boxes: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
     blocks: np.ndarray
@@ -69,10 +74,7 @@ class Plan:
         """Tiles within `buffer` cells (edge or corner) of a tile marked in `held`."""
         if not self.buffer:
             return np.zeros(len(held), bool)
-        grid = np.zeros((self.rows.max() + 1, self.cols.max() + 1), bool)
-        grid[self.rows[held], self.cols[held]] = True
-        grown = ndimage.binary_dilation(grid, np.ones((3, 3), bool), iterations=self.buffer)
-        return grown[self.rows, self.cols]
+        return (gaps(self.boxes, self.boxes[held]) <= self.buffer - 1 + 1e-6).any(axis=1)
 
     def summary(self) -> list[dict]:
         """Per fold: held-out tiles, their foreground fraction, training and dropped tiles."""
@@ -91,9 +93,19 @@ class Plan:
         return out
 
 
-def georeferenced_cells(paths) -> np.ndarray | None:
-    """(N, 2) grid cells (row, col) from the files' transforms, or None unless every file has
-    one in a single CRS. The cell pitch is each tile's own footprint."""
+def gaps(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """(A, B) clear distance between footprints, the larger of the row and column gaps:
+    0 where they touch at an edge or a corner, negative where they overlap."""
+    a, b = boxes_a[:, None, :], boxes_b[None, :, :]
+    row_gap = np.maximum(b[..., 0] - a[..., 2], a[..., 0] - b[..., 2])
+    col_gap = np.maximum(b[..., 1] - a[..., 3], a[..., 1] - b[..., 3])
+    return np.maximum(row_gap, col_gap)
+
+
+def georeferenced_boxes(paths) -> np.ndarray | None:
+    """(N, 4) footprints (top, left, bottom, right) in tile units, rows counted south from the
+    northernmost edge, from the files' transforms; None unless every file has one in a single
+    CRS. The unit is the tiles' median ground size."""
     corners, steps, crs = [], [], None
     for path in paths:
         try:
@@ -115,11 +127,12 @@ def georeferenced_cells(paths) -> np.ndarray | None:
             raise DataError(f"{path}: not a readable GeoTIFF ({err})") from None
     if not corners:
         return None
-    corners, pitch = np.array(corners), np.median(np.array(steps), axis=0)
-    # North up: rows count down from the northernmost corner, columns east from the westernmost.
-    rows = np.rint((corners[:, 0].max() - corners[:, 0]) / pitch[0])
-    cols = np.rint((corners[:, 1] - corners[:, 1].min()) / pitch[1])
-    return np.stack([rows, cols], axis=1).astype(np.int64)
+    corners, steps = np.array(corners), np.array(steps)
+    pitch = np.median(steps, axis=0)
+    # North up: rows count down from the northernmost edge, columns east from the westernmost.
+    top = (corners[:, 0].max() - corners[:, 0]) / pitch[0]
+    left = (corners[:, 1] - corners[:, 1].min()) / pitch[1]
+    return np.stack([top, left, top + steps[:, 0] / pitch[0], left + steps[:, 1] / pitch[1]], 1)
 
 
 def named_cells(ids, grid_pattern: str = "") -> np.ndarray:
@@ -150,13 +163,20 @@ def named_cells(ids, grid_pattern: str = "") -> np.ndarray:
     return cells - cells.min(axis=0)
 
 
-def tile_cells(samples, grid_pattern: str = "") -> tuple[np.ndarray, str]:
-    """Grid cells of `samples` and where they came from; an explicit pattern wins."""
+def tile_boxes(samples, grid_pattern: str = "") -> tuple[np.ndarray, str]:
+    """Footprints of `samples` in tile units and where they came from; an explicit pattern wins."""
     if not grid_pattern:
-        cells = georeferenced_cells([s.image for s in samples])
-        if cells is not None:
-            return cells, "georeference"
-    return named_cells([s.id for s in samples], grid_pattern), "file names"
+        boxes = georeferenced_boxes([s.image for s in samples])
+        if boxes is not None:
+            return boxes, "georeference"
+    cells = named_cells([s.id for s in samples], grid_pattern).astype(np.float64)
+    return np.concatenate([cells, cells + 1.0], axis=1), "file names"
+
+
+def tile_cells(boxes: np.ndarray) -> np.ndarray:
+    """(N, 2) grid cells (row, col): the cell holding each footprint's centre."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return np.floor(centres + 1e-6).astype(np.int64)
 
 
 def balance(counts: np.ndarray, foreground: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
@@ -212,7 +232,8 @@ def plan(dataset, pool: np.ndarray, num_folds: int, seed: int, block_size: int =
     if buffer < 1:
         raise ConfigError(f"data.buffer={buffer}: at least 1 tile, so that no held-out tile "
                           "touches a training tile")
-    cells, source = tile_cells([dataset.samples[i] for i in pool], grid_pattern)
+    boxes, source = tile_boxes([dataset.samples[i] for i in pool], grid_pattern)
+    cells = tile_cells(boxes)
     rows, cols = cells[:, 0], cells[:, 1]
     block_cells = np.stack([rows // block_size, cols // block_size], axis=1)
     _, blocks = np.unique(block_cells, axis=0, return_inverse=True)
@@ -222,12 +243,12 @@ def plan(dataset, pool: np.ndarray, num_folds: int, seed: int, block_size: int =
             f"data.block_size={block_size}: the {len(pool)} tiles of {dataset.root} fill only "
             f"{blocks.max() + 1} blocks, fewer than data.num_folds={num_folds}; use smaller blocks"
         )
-    _, masks = dataset.load()
-    fractions = masks[pool].mean(axis=(1, 2))
+    # Masks only (the images are not needed here, and are not read when not yet in memory).
+    fractions = np.array([io.read_mask(dataset.samples[i].mask, None).mean() for i in pool])
     counts = np.bincount(blocks)
     foreground = np.bincount(blocks, weights=fractions)
     block_fold = balance(counts, foreground, num_folds, seed)
-    return Plan(pool, rows, cols, blocks, block_fold[blocks], fractions, num_folds, buffer, source)
+    return Plan(pool, boxes, rows, cols, blocks, block_fold[blocks], fractions, num_folds, buffer, source)
 
 
 def fold_map(rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> list[str]:
