@@ -55,6 +55,9 @@ class DataConfig:
     block_size: int = 4  # spatial folds: side of a block, in tiles
     buffer: int = 1  # spatial folds: training tiles within this many tiles of a held-out tile are dropped
     grid_pattern: str = ""  # spatial folds without georeference: regex with (?P<row>) (?P<col>) groups
+    augment_strength: str = "standard"  # standard (Table 4) | strong (distortions, dropout, wider)
+    band_dropout: float = 0.0  # probability of blanking each band of a training tile
+    border_smoothing: float = 0.0  # training targets eased towards 1/2 at mask borders by this
 
 
 @dataclass(frozen=True)

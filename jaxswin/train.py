@@ -408,7 +408,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
         batches = data_lib.loader.train_loader(
             images, masks, train_idx, stats, global_batch_size=tcfg.batch_size, seed=tcfg.seed,
             epoch=epoch, augment=cfg.data.augment, workers=cfg.data.workers,
-            device_warp=cfg.data.device_warp,
+            device_warp=cfg.data.device_warp, augment_strength=cfg.data.augment_strength,
+            band_dropout=cfg.data.band_dropout, border_smoothing=cfg.data.border_smoothing,
         )
         for step_in_epoch, batch in enumerate(batches):
             if step_in_epoch >= steps_per_epoch:

@@ -51,20 +51,38 @@ class _Tiles:
         return f"_Tiles({len(self)} of {len(self.images)})"
 
 
-@functools.partial(jax.jit, static_argnames=("stats", "apply_warp"))
-def _finish(batch: dict, stats: Stats, apply_warp: bool) -> dict:
-    """Batched tiles -> model inputs in one XLA pass: z-score, split streams, warp."""
-    rgb, aux = split_streams(stats.apply(batch["image"]))
-    out = {"rgb": rgb, "aux": aux, "mask": batch["mask"][..., None].astype(jnp.float32)}
+def soften_borders(mask: jax.Array, smoothing: float) -> jax.Array:
+    """(B, H, W) {0, 1} -> targets eased by `smoothing` towards 1/2 on the pixels at a class
+    border (a 3x3 neighbour of the other class): the hand-drawn edge is the least certain."""
+    window = (1, 3, 3)
+    high = jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, window, (1, 1, 1), "SAME")
+    low = jax.lax.reduce_window(mask, jnp.inf, jax.lax.min, window, (1, 1, 1), "SAME")
+    return jnp.where(high > low, mask * (1 - smoothing) + smoothing / 2, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("stats", "apply_warp", "border_smoothing"))
+def _finish(batch: dict, stats: Stats, apply_warp: bool, border_smoothing: float = 0.0) -> dict:
+    """Batched tiles -> model inputs in one XLA pass: z-score, band dropout, split streams,
+    softened borders, warp."""
+    image = stats.apply(batch["image"])
+    if "keep" in batch:  # a dropped band sits at its mean, 0 after the z-score
+        image = image * batch["keep"][:, None, None, :]
+    rgb, aux = split_streams(image)
+    mask = batch["mask"].astype(jnp.float32)
+    if border_smoothing:
+        mask = soften_borders(mask, border_smoothing)
+    out = {"rgb": rgb, "aux": aux, "mask": mask[..., None]}
     if "warp" in batch:
         out["warp"] = batch["warp"]
     return augment_lib.warp(out) if apply_warp else out
 
 
-def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool) -> dict:
+def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool,
+                    border_smoothing: float = 0.0) -> dict:
     # Pinned to the CPU: the loader yields numpy, whatever the default device.
     cpu = jax.local_devices(backend="cpu")[0]
-    return jax.device_get(_finish(jax.device_put(batch, cpu), stats, apply_warp))
+    return jax.device_get(_finish(jax.device_put(batch, cpu), stats, apply_warp,
+                                  border_smoothing))
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -106,6 +124,9 @@ def train_loader(
     augment: bool = True,
     workers: int = 2,
     device_warp: bool = False,
+    augment_strength: str = "standard",
+    band_dropout: float = 0.0,
+    border_smoothing: float = 0.0,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict]:
@@ -118,8 +139,12 @@ def train_loader(
     that many grain worker processes (worth it with spare cores; 0 runs it inline).
     `device_warp=True` leaves the geometric warp to the caller: batches then carry "warp"
     (b, 2, 3) and the caller applies :func:`jaxswin.data.augment.warp` on its device.
+    `augment_strength` and `band_dropout` choose the augmentation (:class:`Augment`),
+    `border_smoothing` eases the mask towards 1/2 at class borders (:func:`soften_borders`).
     `process_index`/`process_count` default to JAX's.
     """
+    if not 0.0 <= border_smoothing < 1.0:
+        raise ConfigError(f"data.border_smoothing={border_smoothing}: a value in [0, 1)")
     if not 0 <= seed < 2**32:
         raise ConfigError(f"train.seed={seed}: the data seed must be in [0, 2**32)")
     process_index, process_count = _process(process_index, process_count)
@@ -130,18 +155,20 @@ def train_loader(
     # global batches of every epoch (reads past a slice's end continue in the next epoch).
     ds = grain.MapDataset.source(_Tiles(images, masks, indices)).shuffle(seed=seed)
     if augment:
-        ds = ds.random_map(augment_lib.Augment(), seed=seed)
+        ds = ds.random_map(augment_lib.Augment(augment_strength, band_dropout), seed=seed)
     # A global batch is the processes' blocks of rows in process order, as
     # jax.make_array_from_process_local_data assembles it: every row sits where a single
     # process would have it, and so draws the same dropout and drop-path noise.
     ds = ds[: steps * global_batch_size].batch(local_batch, drop_remainder=True)
     ds = ds[process_index::process_count].repeat()[epoch * steps :]
-    finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp)
+    finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp,
+                               border_smoothing=border_smoothing)
     if workers == 0:
         return map(finish, ds[:steps].to_iter_dataset(_READ))
     # The tiles by identity (they are large), the rest by value.
     setup = ((images, masks), (tuple(np.asarray(indices).tolist()), stats, global_batch_size, seed,
-                               augment, workers, device_warp, process_index, process_count))
+                               augment, workers, device_warp, augment_strength, band_dropout,
+                               border_smoothing, process_index, process_count))
     return _worker_stream(setup, ds, workers, epoch).epoch(steps, finish)
 
 
