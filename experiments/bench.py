@@ -122,27 +122,23 @@ def timed(step, warmup: int, steps: int, sync) -> tuple[float, float]:
 
 
 def bench_jax(args, precision: str) -> dict:
-    import functools
+    import dataclasses
 
     import jax
     import jax.numpy as jnp
 
-    from jaxswin import models, runtime, train
+    from jaxswin import models, parallel, runtime, train
 
     cfg = load_config(args)
     module = models.build(cfg.model, runtime.PRECISIONS[precision])
     variables = models.init(module, cfg.model, jax.random.key(0))
     steps_per_epoch = 100  # only shapes the LR schedule
     state = train.create_state(module, variables, cfg.train, steps_per_epoch, precision)
-    step_fn = jax.jit(
-        functools.partial(
-            train.train_step, loss_name=PAPER_LOSS,
-            ema_decay=cfg.train.ema_decay if cfg.train.ema else None,
-            schedule=train.make_schedule(cfg.train, steps_per_epoch),
-        ),
-        donate_argnums=0,
-    )
-    batch = jax.device_put(random_batch(args.batch, cfg.model.img_size))
+    placement = parallel.Placement.all_devices()
+    step_fn = train.make_train_step(dataclasses.replace(cfg.train, loss=PAPER_LOSS),
+                                    steps_per_epoch, placement)
+    batch = jax.device_put(random_batch(args.batch, cfg.model.img_size), placement.data)
+    state = jax.device_put(state, placement.replicated)
     pos_weight, key = jnp.float32(1.86), jax.random.key(1)
 
     start = time.perf_counter()

@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 
 from experiments import tables
 from jaxswin import config as config_lib
-from jaxswin import metrics
+from jaxswin import console, metrics
 from jaxswin.data.folds import held_out_kind
 from jaxswin.errors import ConfigError, UserError, cli
 
@@ -320,6 +320,7 @@ def describe(args: argparse.Namespace, cfg: config_lib.Config, seconds: float) -
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    console.setup()  # the training runs' progress lines
     table = tables.get(args.table)
     if args.data is not None and not Path(args.data).is_dir():
         raise UserError(f"--data {args.data}: no such directory")

@@ -44,12 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import rasterio
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
 from jaxswin import config as config_lib
-from jaxswin import evaluate, metrics, models, runtime, tta, weights
+from jaxswin import evaluate, metrics, models, parallel, runtime, tta, weights
 from jaxswin.data import bands, io, normalize
 from jaxswin.errors import ConfigError, DataError, UserError, cli
 
@@ -247,12 +246,10 @@ class Ensemble:
         self.precision = runtime.resolve_precision(precision)
         self.tile = sizes.pop()
         self.blend = _blend_window(self.tile)
-        devices = jax.devices()
-        mesh = Mesh(np.asarray(devices), ("batch",))
-        self.batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
-        replicated = NamedSharding(mesh, PartitionSpec())
+        placement = parallel.Placement.all_devices()
+        self.batch_sharding, replicated = placement.data, placement.replicated
         # Fixed batch shape: a multiple of the device count so every device gets equal rows.
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        self.batch_size = parallel.round_up(batch_size)
 
         groups: dict[config_lib.ModelConfig, list[Member]] = collections.defaultdict(list)
         for member in members:

@@ -1,10 +1,12 @@
 """Training: ``python -m jaxswin.train --fold K``.
 
 Reads like the flax examples: a :class:`TrainState`, a pure :func:`train_step` and
-:func:`eval_step`, and a loop (:func:`train_fold`) that only orchestrates: it feeds grain batches
-into one jitted step sharded data-parallel over every device of every host, scores the raw and
-EMA weights after each epoch, keeps the better as the fold's best, checkpoints with orbax and
-resumes from the latest checkpoint when the same command is run again.
+:func:`eval_step` (jitted and sharded by :func:`make_train_step` / :func:`make_eval_step`), and
+a loop (:func:`train_fold`) that only orchestrates named steps: open the run folder, load the
+fold's data and statistics, initialise or restore the state, then per epoch train, score the raw
+and EMA weights on the held-out fold and end the epoch (export the better as the fold's best,
+logs, an orbax checkpoint). The same command run again resumes from the latest checkpoint.
+Batches are sharded data-parallel over every device of every host (:mod:`jaxswin.parallel`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
-import os
+import logging
 import shutil
 import sys
 import time
@@ -26,15 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from flax.training import dynamic_scale as dynamic_scale_lib
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxswin import config as config_lib
+from jaxswin import console, losses, metrics, models, parallel, runtime, weights
 from jaxswin import data as data_lib
-from jaxswin import losses, metrics, models, runtime, weights
 from jaxswin.errors import ConfigError, UserError, cli
+
+log = logging.getLogger("jaxswin.train")
 
 # ----------------------------------------------------------------------------- state and steps
 
@@ -138,59 +139,29 @@ def eval_step(apply_fn, variables: dict, batch: dict, pos_weight, threshold, *, 
     }
 
 
-# ----------------------------------------------------------------------------- devices
+def make_train_step(tcfg: config_lib.TrainConfig, steps_per_epoch: int,
+                    placement: parallel.Placement | None = None):
+    """`train_step` for this recipe, jitted: fn(state, batch, pos_weight, dropout_key) ->
+    (state, metrics), the batch split over the mesh's data axis, the rest replicated, the input
+    state's buffers donated. Batches may be global arrays or (one process) numpy arrays."""
+    placement = placement or parallel.Placement.all_devices()
+    step = functools.partial(
+        train_step, loss_name=tcfg.loss, ema_decay=tcfg.ema_decay if tcfg.ema else None,
+        schedule=make_schedule(tcfg, steps_per_epoch),
+    )
+    replicated = placement.replicated
+    return jax.jit(step, in_shardings=(replicated, placement.data, replicated, replicated),
+                   out_shardings=replicated, donate_argnums=0)
 
 
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """The device mesh: batches split on the 'data' axis, everything else replicated."""
-
-    mesh: Mesh
-
-    @property
-    def data(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec("data"))
-
-    @property
-    def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
-
-    def local_batch(self, batch: dict) -> dict:
-        """This process's rows -> global arrays sharded over every device of every process."""
-        return {k: jax.make_array_from_process_local_data(self.data, v) for k, v in batch.items()}
-
-
-def make_placement(global_batch_size: int, option: str = "train.batch_size") -> Placement:
-    devices = jax.device_count()
-    if global_batch_size % devices:
-        raise ConfigError(
-            f"{option}={global_batch_size} does not split evenly over {devices} devices "
-            f"({jax.process_count()} processes); use a multiple of {devices}"
-        )
-    return Placement(Mesh(np.array(jax.devices()), ("data",)))
-
-
-def init_distributed(args) -> None:
-    """Joins a multi-host run when asked by flags or the environment (JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES, JAX_PROCESS_ID), or on SLURM / Open MPI where JAX detects the cluster."""
-    address = args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    count = args.num_processes or os.environ.get("JAX_NUM_PROCESSES")
-    index = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID")
-    if not (args.distributed or address or count):
-        return
-    if (address or count or index is not None) and not (address and count and index is not None):
-        raise ConfigError(
-            "a multi-process run needs --coordinator-address, --num-processes and --process-id "
-            "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) together"
-        )
-    if address:
-        jax.distributed.initialize(address, int(count), int(index))
-    else:
-        jax.distributed.initialize()  # cluster auto-detection (SLURM, Open MPI, TPU pods)
-    # Meet once now, while every process is at the same point: CPU collectives (gloo) set up
-    # their communicator at the first collective and give up if a process is 30 s late, which
-    # a process still compiling its model on a busy host can be.
-    multihost_utils.sync_global_devices("jaxswin.train: processes joined")
+def make_eval_step(apply_fn, loss_name: str, placement: parallel.Placement | None = None):
+    """`eval_step` jitted: fn(variables, batch, pos_weight, threshold) -> counts and loss sums,
+    sharded as :func:`make_train_step`."""
+    placement = placement or parallel.Placement.all_devices()
+    replicated = placement.replicated
+    return jax.jit(functools.partial(eval_step, apply_fn, loss_name=loss_name),
+                   in_shardings=(replicated, placement.data, replicated, replicated),
+                   out_shardings=replicated)
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -200,12 +171,29 @@ def fold_dirname(fold) -> str:
     return "official" if fold == "official" else f"fold{fold}"
 
 
+def open_run(cfg: config_lib.Config, fold, workdir: Path) -> Path:
+    """The fold's run folder, refusing one that holds a run of another configuration."""
+    fold_dir = workdir / fold_dirname(fold)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    config_text = config_lib.to_toml(cfg)
+    saved_config = fold_dir / "config.toml"
+    if saved_config.exists() and saved_config.read_text() != config_text:
+        raise ConfigError(
+            f"{fold_dir} holds a run with a different configuration ({saved_config}); "
+            "rerun with the same options to resume it, or choose another --workdir"
+        )
+    parallel.sync("jaxswin.train: run config checked")  # every process read it before 0 writes
+    if parallel.is_main():
+        saved_config.write_text(config_text)
+    return fold_dir
+
+
 def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True)
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState, log):
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState):
     """The newest readable checkpoint as (state, meta); a damaged one falls back to the one before."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     for step in sorted(manager.all_steps(), reverse=True):
@@ -218,9 +206,19 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState, log):
             )
             return restored.state, restored.meta
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: try the previous one
-            log(f"warning: checkpoint {step} in {manager.directory} is unreadable "
-                f"({type(err).__name__}: {str(err)[:200]}); falling back to an earlier one")
+            log.warning("checkpoint %s in %s is unreadable (%s: %s); falling back to an earlier "
+                        "one", step, manager.directory, type(err).__name__, str(err)[:200])
     return None, None
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, epoch: int, best: dict):
+    manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave({"epoch": epoch, "best": best}),
+        ),
+    )
 
 
 def export_best(fold_dir: Path, cfg: config_lib.Config, stats, variables: dict, scores: dict):
@@ -242,6 +240,48 @@ def export_best(fold_dir: Path, cfg: config_lib.Config, stats, variables: dict, 
         best.rename(old)
     staging.rename(best)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class RunLog:
+    """The fold's logs: steps.jsonl, metrics.jsonl and curves.png, written by process 0 only.
+
+    Opening it drops the records after the last completed epoch (a resumed run redoes the rest).
+    """
+
+    def __init__(self, fold_dir: Path, completed_epochs: int):
+        self.fold_dir, self.main = fold_dir, parallel.is_main()
+        self.history: list[dict] = []
+        if self.main:
+            self.history = truncate_log(fold_dir / "metrics.jsonl", completed_epochs)
+            truncate_log(fold_dir / "steps.jsonl", completed_epochs)
+
+    def step(self, epoch: int, step_metrics: dict) -> dict:
+        """Fetches one step's metrics from the device, logs and returns them."""
+        values = {k: v.item() for k, v in jax.device_get(step_metrics).items()}
+        values["finite"] = bool(values["finite"])
+        self._append("steps.jsonl", {"epoch": epoch + 1, **values})
+        return values
+
+    def epoch(self, record: dict) -> None:
+        self.history.append(record)
+        self._append("metrics.jsonl", record)
+        if self.main:
+            write_curves(self.fold_dir / "curves.png", self.history)
+
+    def _append(self, name: str, record: dict) -> None:
+        if self.main:
+            with open(self.fold_dir / name, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: Path, completed_epochs: int) -> list[dict]:
+    """Keeps the records of a .jsonl log up to `completed_epochs` and returns them."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["epoch"] <= completed_epochs]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 def write_curves(path: Path, history: list[dict]) -> None:
@@ -275,214 +315,120 @@ def write_curves(path: Path, history: list[dict]) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
-class Log:
-    """Prints and appends to files on process 0 only."""
+@dataclasses.dataclass(frozen=True)
+class FoldData:
+    """One fold's tiles (percentile-scaled, in memory), its split and normalisation statistics."""
 
-    def __init__(self, fold_dir: Path):
-        self.main = jax.process_index() == 0
-        self.fold_dir = fold_dir
-
-    def __call__(self, text: str) -> None:
-        if self.main:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stderr)
-
-    def append(self, name: str, record: dict) -> None:
-        if self.main:
-            with open(self.fold_dir / name, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+    images: np.ndarray
+    masks: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    stats: data_lib.Stats
+    steps_per_epoch: int
+    # Which split it is: held_out ("random fold", "spatial fold" or "official split"), folds
+    # (data.folds), train_tiles, held_out_tiles and dropped_tiles (a spatial fold's buffer).
+    split: dict
 
 
-def truncate_log(path: Path, completed_epochs: int) -> list[dict]:
-    """Keeps the records of a .jsonl log up to the last completed epoch (a resumed run redoes the
-    rest) and returns them. Process 0 only: it alone writes the logs."""
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r["epoch"] <= completed_epochs]
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return records
-
-
-def evaluate(placement, eval_fn, variables, batches, pos_weight, threshold) -> dict:
-    counts = np.zeros(4, np.float64)
-    loss_sum = tiles = 0.0
-    for batch in batches:
-        out = jax.device_get(eval_fn(variables, placement.local_batch(batch), pos_weight, threshold))
-        counts += np.asarray(out["counts"], np.float64)
-        loss_sum += float(out["loss_sum"])
-        tiles += float(out["tiles"])
-    return {**metrics.summarize(counts), "loss": loss_sum / max(tiles, 1.0)}
-
-
-def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None) -> dict:
-    """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was started."""
-    tcfg = cfg.train
-    fold_dir = workdir / fold_dirname(fold)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    log = Log(fold_dir)
-    config_text = config_lib.to_toml(cfg)
-    saved_config = fold_dir / "config.toml"
-    if saved_config.exists() and saved_config.read_text() != config_text:
-        raise ConfigError(
-            f"{fold_dir} holds a run with a different configuration ({saved_config}); "
-            "rerun with the same options to resume it, or choose another --workdir"
-        )
-    if jax.process_count() > 1:  # every process has read the saved config before 0 writes it
-        multihost_utils.sync_global_devices("jaxswin.train: run config checked")
-    if log.main:
-        saved_config.write_text(config_text)
-
-    precision = runtime.resolve_precision(tcfg.precision)
-    placement = make_placement(tcfg.batch_size)
-    eval_batch_size = math.ceil(tcfg.eval_batch_size / jax.device_count()) * jax.device_count()
-
+def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
+    """Reads the dataset, splits off the fold and fits the statistics on its training tiles."""
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
     train_idx, val_idx = data_lib.folds.split_for(dataset, fold, cfg.data)
-    held_out = data_lib.folds.held_out_kind(cfg.data.folds, fold)
-    dropped = len(dataset.indices(*data_lib.folds.CV_SPLITS)) - len(train_idx) - len(val_idx)
+    pool = len(dataset.indices(*data_lib.folds.CV_SPLITS))
+    split = {"held_out": data_lib.folds.held_out_kind(cfg.data.folds, fold),
+             "folds": cfg.data.folds, "train_tiles": len(train_idx), "held_out_tiles": len(val_idx),
+             "dropped_tiles": pool - len(train_idx) - len(val_idx)}
     stats = data_lib.Stats.fit(images[train_idx], masks[train_idx])
-    if log.main:
+    if parallel.is_main():
         stats.save(fold_dir / "stats.json")
-    steps_per_epoch = data_lib.loader.steps_per_epoch(len(train_idx), tcfg.batch_size)
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"fold {fold} has {len(train_idx)} training tiles, fewer than train.batch_size="
-            f"{tcfg.batch_size}; lower the batch size"
-        )
-    if tcfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
+    steps = data_lib.loader.steps_per_epoch(len(train_idx), cfg.train.batch_size)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    return FoldData(images, masks, train_idx, val_idx, stats, steps, split)
 
+
+def initial_state(cfg: config_lib.Config, precision: str, steps_per_epoch: int, key,
+                  pretrained: str | None) -> TrainState:
+    """A fresh state: the model's initial weights, with the converted encoders if given."""
     module = models.build(cfg.model, runtime.PRECISIONS[precision])
-    key = jax.random.key(tcfg.seed)
-    init_key, dropout_key = jax.random.split(key)
-    variables = models.init(module, cfg.model, init_key)
+    variables = models.init(module, cfg.model, key)
     if pretrained:
         variables = models.load_pretrained(variables, cfg.model, pretrained)
     elif cfg.model.encoder != "swinv2_nano":
-        log("WARNING: no --pretrained weights: both encoders start from RANDOM weights. The paper "
-            "fine-tunes ImageNet SwinV2 weights; convert them with convert/timm_to_flax.py and pass "
-            "--pretrained FILE.")
-    schedule = make_schedule(tcfg, steps_per_epoch)
-    state = create_state(module, variables, tcfg, steps_per_epoch, precision)
-    del variables
+        log.warning("no --pretrained weights: both encoders start from RANDOM weights. The paper "
+                    "fine-tunes ImageNet SwinV2 weights; convert them with convert/timm_to_flax.py "
+                    "and pass --pretrained FILE.")
+    return create_state(module, variables, cfg.train, steps_per_epoch, precision)
 
-    manager = checkpoint_manager(fold_dir / "checkpoints", tcfg.keep_checkpoints)
-    restored, meta = restore_latest(manager, state, log)
-    start_epoch, best = 0, {"miou": -1.0}
-    if restored is not None:
-        state, start_epoch, best = restored, meta["epoch"], meta["best"]
-        log(f"resuming {fold_dir} after epoch {start_epoch} (best so far: epoch "
-            f"{best.get('epoch')}, {best.get('weights')} weights, mIoU {best['miou']:.4f})")
-    history = []
-    if log.main:
-        history = truncate_log(fold_dir / "metrics.jsonl", start_epoch)
-        truncate_log(fold_dir / "steps.jsonl", start_epoch)
-    state = jax.device_put(state, placement.replicated)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, loss_name=tcfg.loss,
-                          ema_decay=tcfg.ema_decay if tcfg.ema else None, schedule=schedule),
-        donate_argnums=0,
+def restore_or_start(manager: ocp.CheckpointManager, state: TrainState, fold_dir: Path):
+    """(state, completed epochs, best so far) from the latest checkpoint, else a fresh start."""
+    restored, meta = restore_latest(manager, state)
+    if restored is None:
+        return state, 0, {"miou": -1.0}
+    best = meta["best"]
+    log.info("resuming %s after epoch %d (best so far: epoch %s, %s weights, mIoU %.4f)",
+             fold_dir, meta["epoch"], best.get("epoch"), best.get("weights"), best["miou"])
+    return restored, meta["epoch"], best
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldRun:
+    """What stays fixed over a fold's epochs: config, folder, data, mesh and compiled steps."""
+
+    cfg: config_lib.Config
+    fold_dir: Path
+    data: FoldData
+    placement: parallel.Placement
+    train_fn: Any  # make_train_step
+    eval_fn: Any  # make_eval_step
+    dropout_key: jax.Array
+    pos_weight: jax.Array
+    threshold: jax.Array
+    log: RunLog
+
+
+def train_epoch(run: FoldRun, state: TrainState, epoch: int, bar) -> tuple[TrainState, dict]:
+    """One epoch of steps, each step's metrics logged; returns the state and the epoch's loss,
+    learning rate, loss scale, skipped steps and timing."""
+    tcfg, data = run.cfg.train, run.data
+    epoch_start = time.perf_counter()
+    seen, pending, timed_steps, timed_from = [], None, 0, None
+    batches = data_lib.loader.train_loader(
+        data.images, data.masks, data.train_idx, data.stats, global_batch_size=tcfg.batch_size,
+        seed=tcfg.seed, epoch=epoch, augment=run.cfg.data.augment, workers=run.cfg.data.workers,
+        device_warp=run.cfg.data.device_warp, augment_strength=run.cfg.data.augment_strength,
+        band_dropout=run.cfg.data.band_dropout, border_smoothing=run.cfg.data.border_smoothing,
     )
-    eval_fn = jax.jit(functools.partial(eval_step, module.apply, loss_name=tcfg.loss))
-    pos_weight = jnp.float32(stats.pos_weight)
-    threshold = jnp.float32(cfg.predict.threshold)
-
-    buffer_note = f" ({dropped} dropped as the buffer around them)" if dropped > 0 else ""
-    log(f"fold {fold}: {len(train_idx)} training / {len(val_idx)} held-out tiles "
-        f"({held_out}){buffer_note}, "
-        f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs, global batch {tcfg.batch_size} on "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} "
-        f"process(es), {precision}, w+={stats.pos_weight:.3f}")
-    from tqdm import tqdm
-
-    bar = tqdm(total=tcfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-               disable=not log.main, desc=f"{fold_dirname(fold)}", unit="step", dynamic_ncols=True,
-               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 60.0)
-    for epoch in range(start_epoch, tcfg.epochs):
-        epoch_start = time.perf_counter()
-        losses_seen, pending, timed_steps, timed_from = [], None, 0, None
-        batches = data_lib.loader.train_loader(
-            images, masks, train_idx, stats, global_batch_size=tcfg.batch_size, seed=tcfg.seed,
-            epoch=epoch, augment=cfg.data.augment, workers=cfg.data.workers,
-            device_warp=cfg.data.device_warp, augment_strength=cfg.data.augment_strength,
-            band_dropout=cfg.data.band_dropout, border_smoothing=cfg.data.border_smoothing,
-        )
-        for step_in_epoch, batch in enumerate(batches):
-            if step_in_epoch >= steps_per_epoch:
-                break
-            state, step_metrics = step_fn(state, placement.local_batch(batch), pos_weight,
-                                          dropout_key)
-            # Read the previous step's metrics while this one runs, keeping the device busy.
-            if pending is not None:
-                losses_seen.append(record_step(log, pending, epoch))
-            pending = step_metrics
-            if step_in_epoch == 1:  # the first step compiled; time from here
-                timed_from = time.perf_counter()
-            elif timed_from is not None:
-                timed_steps += 1
-            rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{losses_seen[-1]['loss']:.4f}"
-                            if losses_seen else "...", tiles_s=f"{rate or 0.0:.1f}", refresh=False)
-            bar.update(1)
-        losses_seen.append(record_step(log, pending, epoch))
-        train_rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
-        train_seconds = time.perf_counter() - epoch_start
-
-        scores = {}
-        kinds = {"raw": (state.params, state.batch_stats)}
-        if tcfg.ema:
-            kinds["ema"] = (state.ema_params, state.ema_batch_stats)
-        for kind, (params, batch_stats) in kinds.items():
-            scores[kind] = evaluate(
-                placement, eval_fn, {"params": params, "batch_stats": batch_stats},
-                data_lib.loader.eval_loader(images, masks, val_idx, stats, eval_batch_size),
-                pos_weight, threshold,
-            )
-        kind = max(scores, key=lambda k: scores[k]["miou"])
-        record = {
-            "epoch": epoch + 1,
-            "step": int(jax.device_get(state.step)),
-            "loss": float(np.mean([s["loss"] for s in losses_seen])),
-            "lr": losses_seen[-1]["lr"],
-            "loss_scale": losses_seen[-1]["loss_scale"],
-            "skipped_steps": sum(not s["finite"] for s in losses_seen),
-            "train_seconds": round(train_seconds, 2),
-            "tiles_per_s": round(train_rate, 2) if train_rate else None,
-            "held_out": held_out,
-            **scores,
-        }
-        improved = scores[kind]["miou"] > best["miou"]
-        if improved:
-            params, batch_stats = kinds[kind]
-            best = {"epoch": epoch + 1, "weights": kind, "held_out": held_out, **scores[kind]}
-            if log.main:
-                export_best(fold_dir, cfg, stats, {"params": params, "batch_stats": batch_stats},
-                            best)
-        history.append(record)
-        log.append("metrics.jsonl", record)
-        log(format_epoch(record, tcfg.epochs, improved))
-        if log.main:
-            write_curves(fold_dir / "curves.png", history)
-        manager.save(
-            epoch + 1,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                meta=ocp.args.JsonSave({"epoch": epoch + 1, "best": best}),
-            ),
-        )
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
-    summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs,
-               "split": {"held_out": held_out, "folds": cfg.data.folds, "train_tiles": len(train_idx),
-                         "held_out_tiles": len(val_idx), "dropped_tiles": dropped}}
-    if log.main:
-        (fold_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    # enumerate + break (not islice) runs the loader to its end when the epoch is whole, so its
+    # worker stream carries on into the next epoch.
+    for step_in_epoch, batch in enumerate(batches):
+        if step_in_epoch >= data.steps_per_epoch:
+            break
+        state, step_metrics = run.train_fn(state, run.placement.shard(batch), run.pos_weight,
+                                           run.dropout_key)
+        if pending is not None:  # read the previous step's metrics while this one runs
+            seen.append(run.log.step(epoch, pending))
+        pending = step_metrics
+        if step_in_epoch == 1:  # the first step compiled; time from here
+            timed_from = time.perf_counter()
+        elif timed_from is not None:
+            timed_steps += 1
+        rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{seen[-1]['loss']:.4f}" if seen else "...",
+                        tiles_s=f"{rate or 0.0:.1f}", refresh=False)
+        bar.update(1)
+    seen.append(run.log.step(epoch, pending))
+    rate = tiles_per_second(timed_steps * tcfg.batch_size, timed_from)
+    return state, {
+        "loss": float(np.mean([s["loss"] for s in seen])),
+        "lr": seen[-1]["lr"],
+        "loss_scale": seen[-1]["loss_scale"],
+        "skipped_steps": sum(not s["finite"] for s in seen),
+        "train_seconds": round(time.perf_counter() - epoch_start, 2),
+        "tiles_per_s": round(rate, 2) if rate else None,
+    }
 
 
 def tiles_per_second(tiles: int, since: float | None) -> float | None:
@@ -490,11 +436,95 @@ def tiles_per_second(tiles: int, since: float | None) -> float | None:
     return tiles / (time.perf_counter() - since) if tiles else None
 
 
-def record_step(log: Log, step_metrics: dict, epoch: int) -> dict:
-    values = {k: v.item() for k, v in jax.device_get(step_metrics).items()}
-    values["finite"] = bool(values["finite"])
-    log.append("steps.jsonl", {"epoch": epoch + 1, **values})
-    return values
+def candidate_weights(state: TrainState, ema: bool) -> dict[str, dict]:
+    """The weights each epoch scores: the raw ones and, with EMA on, their moving average."""
+    kinds = {"raw": {"params": state.params, "batch_stats": state.batch_stats}}
+    if ema:
+        kinds["ema"] = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+    return kinds
+
+
+def score(run: FoldRun, variables: dict) -> dict:
+    """mIoU, F1 and friends and the mean loss of `variables` on the held-out fold."""
+    data, counts = run.data, np.zeros(4, np.float64)
+    loss_sum = tiles = 0.0
+    batch_size = parallel.round_up(run.cfg.train.eval_batch_size)
+    for batch in data_lib.loader.eval_loader(data.images, data.masks, data.val_idx, data.stats,
+                                             batch_size):
+        out = jax.device_get(run.eval_fn(variables, run.placement.shard(batch), run.pos_weight,
+                                         run.threshold))
+        counts += np.asarray(out["counts"], np.float64)
+        loss_sum += float(out["loss_sum"])
+        tiles += float(out["tiles"])
+    return {**metrics.summarize(counts), "loss": loss_sum / max(tiles, 1.0)}
+
+
+def end_epoch(run: FoldRun, manager: ocp.CheckpointManager, state: TrainState, record: dict,
+              candidates: dict[str, dict], best: dict) -> dict:
+    """Exports the better-scoring weights as best/ when they beat the best so far, logs the
+    epoch and checkpoints the state; returns the best so far."""
+    kind = max(candidates, key=lambda k: record[k]["miou"])
+    improved = record[kind]["miou"] > best["miou"]
+    if improved:
+        best = {"epoch": record["epoch"], "weights": kind, "held_out": record["held_out"],
+                **record[kind]}
+        if parallel.is_main():
+            export_best(run.fold_dir, run.cfg, run.data.stats, candidates[kind], best)
+    run.log.epoch(record)
+    log.info(format_epoch(record, run.cfg.train.epochs, improved))
+    save_checkpoint(manager, state, record["epoch"], best)
+    return best
+
+
+def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None) -> dict:
+    """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was started."""
+    tcfg = cfg.train
+    fold_dir = open_run(cfg, fold, workdir)
+    precision = runtime.resolve_precision(tcfg.precision)
+    placement = parallel.training_placement(tcfg.batch_size)
+    data = load_fold_data(cfg, fold, fold_dir)
+    init_key, dropout_key = jax.random.split(jax.random.key(tcfg.seed))
+    state = initial_state(cfg, precision, data.steps_per_epoch, init_key, pretrained)
+    manager = checkpoint_manager(fold_dir / "checkpoints", tcfg.keep_checkpoints)
+    state, start_epoch, best = restore_or_start(manager, state, fold_dir)
+    run = FoldRun(
+        cfg, fold_dir, data, placement,
+        train_fn=make_train_step(tcfg, data.steps_per_epoch, placement),
+        eval_fn=make_eval_step(state.apply_fn, tcfg.loss, placement),
+        dropout_key=dropout_key, pos_weight=jnp.float32(data.stats.pos_weight),
+        threshold=jnp.float32(cfg.predict.threshold), log=RunLog(fold_dir, start_epoch),
+    )
+    state = jax.device_put(state, placement.replicated)
+    log.info(describe_run(run, fold, precision))
+    bar = console.progress(total=tcfg.epochs * data.steps_per_epoch,
+                           initial=start_epoch * data.steps_per_epoch, desc=fold_dirname(fold),
+                           unit="step")
+    for epoch in range(start_epoch, tcfg.epochs):
+        state, trained = train_epoch(run, state, epoch, bar)
+        candidates = candidate_weights(state, tcfg.ema)
+        scores = {kind: score(run, variables) for kind, variables in candidates.items()}
+        record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)), **trained,
+                  "held_out": data.split["held_out"], **scores}
+        best = end_epoch(run, manager, state, record, candidates, best)
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs,
+               "split": data.split}
+    if parallel.is_main():
+        (fold_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def describe_run(run: FoldRun, fold, precision: str) -> str:
+    tcfg, data = run.cfg.train, run.data
+    dropped = data.split["dropped_tiles"]
+    buffer = f" ({dropped} dropped as the buffer around them)" if dropped else ""
+    return (f"fold {fold}: {len(data.train_idx)} training / {len(data.val_idx)} held-out tiles "
+            f"({data.split['held_out']}){buffer}, "
+            f"{data.steps_per_epoch} steps/epoch x {tcfg.epochs} epochs, global batch "
+            f"{tcfg.batch_size} on {jax.device_count()} {jax.devices()[0].platform} device(s) in "
+            f"{jax.process_count()} process(es), {precision}, w+={data.stats.pos_weight:.3f}")
 
 
 def format_epoch(record: dict, epochs: int, improved: bool) -> str:
@@ -577,15 +607,17 @@ def load_config(args) -> config_lib.Config:
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    init_distributed(args)
+    parallel.init_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                              detect=args.distributed)
+    console.setup()
     runtime.enable_compilation_cache()
     cfg = load_config(args)
     fold = parse_fold(args.fold, cfg.data.num_folds)
     workdir = Path(args.workdir or Path("runs") / cfg.name)
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
     summaries = [train_fold(cfg, f, workdir, args.pretrained) for f in folds]
-    if jax.process_index() == 0:
-        print(format_summary(summaries, workdir))
+    if parallel.is_main():
+        print(format_summary(summaries, workdir))  # the run's result, on stdout
     return 0
 
 

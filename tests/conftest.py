@@ -1,7 +1,20 @@
 """Shared fixtures."""
 
+import logging
+
 import numpy as np
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def jaxswin_logger_as_found():
+    """A CLI run in-process (jaxswin.console.setup) gives the jaxswin logger its own handler and
+    stops propagation to the root, where caplog listens; later tests get it back as it was."""
+    logger = logging.getLogger("jaxswin")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = handlers, propagate
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The pure pieces of training, on a toy model: schedule, EMA, fp16 loss scaling, eval counts."""
 
-import functools
 import math
 
 import flax.linen as nn
@@ -11,7 +10,7 @@ import pytest
 
 from jaxswin import config as config_lib
 from jaxswin import losses, metrics
-from jaxswin.train import create_state, eval_step, make_schedule, train_step
+from jaxswin.train import create_state, make_eval_step, make_schedule, make_train_step
 
 
 class ToySegmenter(nn.Module):
@@ -43,9 +42,13 @@ def toy_state(tcfg, precision="fp32", steps_per_epoch=5, seed=0):
 
 
 def make_step(tcfg, steps_per_epoch=5):
-    return jax.jit(functools.partial(
-        train_step, loss_name=tcfg.loss, ema_decay=tcfg.ema_decay if tcfg.ema else None,
-        schedule=make_schedule(tcfg, steps_per_epoch)))
+    """The training step as train_fold runs it (jitted, sharded, donating its input state)."""
+    return make_train_step(tcfg, steps_per_epoch)
+
+
+def snapshot(state):
+    """A copy of the state that outlives the donated original."""
+    return jax.tree.map(jnp.copy, state)
 
 
 def test_schedule_is_linear_warmup_then_cosine():
@@ -69,7 +72,7 @@ def test_ema_follows_its_formula_and_step_logs_lr():
     rng = np.random.default_rng(1)
     key = jax.random.key(3)
     for _ in range(3):
-        previous = state
+        previous = snapshot(state)
         state, out = step(state, toy_batch(rng), jnp.float32(1.8), key)
         expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, previous.ema_params, state.params)
         for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
@@ -88,7 +91,7 @@ def test_loss_of_step_is_the_named_loss():
     state = toy_state(tcfg)
     batch = toy_batch(np.random.default_rng(2))
     key = jax.random.key(0)
-    _, out = make_step(tcfg)(state, batch, jnp.float32(2.0), key)
+    _, out = make_step(tcfg)(snapshot(state), batch, jnp.float32(2.0), key)
     logits, _ = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["rgb"], batch["aux"],
         train=True, rngs={"dropout": jax.random.fold_in(key, 0)}, mutable=["batch_stats"])
@@ -104,7 +107,7 @@ def test_fp16_step_skips_an_overflow_and_lowers_the_scale():
     key = jax.random.key(0)
     # Inject an overflow: a loss scale this large makes the scaled fp32 loss infinite.
     state = state.replace(dynamic_scale=state.dynamic_scale.replace(scale=jnp.float32(3e38)))
-    before = state
+    before = snapshot(state)
     state, out = step(state, toy_batch(rng), jnp.float32(1.0), key)
     assert not bool(out["finite"])
     assert float(state.dynamic_scale.scale) == pytest.approx(1.5e38)
@@ -131,8 +134,8 @@ def test_eval_step_counts_match_numpy_and_ignore_padding():
     batch = toy_batch(np.random.default_rng(5), batch=6)
     batch["weight"] = np.array([1, 1, 1, 1, 0, 0], np.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    out = jax.jit(functools.partial(eval_step, state.apply_fn, loss_name="bce"))(
-        variables, batch, jnp.float32(1.0), jnp.float32(0.51))
+    out = make_eval_step(state.apply_fn, "bce")(variables, batch, jnp.float32(1.0),
+                                                 jnp.float32(0.51))
     logits = np.asarray(state.apply_fn(variables, batch["rgb"], batch["aux"]))
     pred = (1 / (1 + np.exp(-logits)) > 0.51)[:4]
     truth = batch["mask"][:4] > 0.5

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxswin import config as config_lib
 from jaxswin.data import folds
-from jaxswin.errors import cli
+from jaxswin.errors import UserError, cli
 
 
 def add_folds_parser(subparsers) -> None:
@@ -62,7 +62,10 @@ def folds_command(args) -> int:
     if args.method == "spatial":
         title += f", blocks of {args.block_size}x{args.block_size} tiles, buffer {args.buffer}"
     if args.png:
-        spatial.save_png(args.png, plan.rows, plan.cols, plan.folds, args.num_folds, title)
+        try:
+            spatial.save_png(args.png, plan.rows, plan.cols, plan.folds, args.num_folds, title)
+        except OSError as err:
+            raise UserError(f"--png {args.png}: cannot write it ({err.strerror or err})") from None
         print(f"wrote {args.png}: {title}")
         return 0
     print(title)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from jaxswin import parallel
 from jaxswin.data import augment as augment_lib
 from jaxswin.data.normalize import Stats, split_streams
 from jaxswin.errors import ConfigError
@@ -85,23 +86,6 @@ def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool,
                                   border_smoothing))
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    if process_count is None:
-        process_count = jax.process_count()
-    if process_index is None:
-        process_index = jax.process_index()
-    return process_index, process_count
-
-
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-    if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ConfigError(
-            f"batch size {global_batch_size} must be a positive multiple of the "
-            f"{process_count} JAX process(es), each loading an equal share"
-        )
-    return global_batch_size // process_count
-
-
 def steps_per_epoch(num_tiles: int, global_batch_size: int) -> int:
     """Whole global batches in an epoch of `num_tiles` (the remainder is dropped)."""
     if num_tiles < global_batch_size:
@@ -147,8 +131,8 @@ def train_loader(
         raise ConfigError(f"data.border_smoothing={border_smoothing}: a value in [0, 1)")
     if not 0 <= seed < 2**32:
         raise ConfigError(f"train.seed={seed}: the data seed must be in [0, 2**32)")
-    process_index, process_count = _process(process_index, process_count)
-    local_batch = _local_batch_size(global_batch_size, process_count)
+    process_index, process_count = parallel.process_layout(process_index, process_count)
+    local_batch = parallel.local_share(global_batch_size, process_count)
     steps = steps_per_epoch(len(indices), global_batch_size)
     # Every epoch from here on, back to back. Grain reshuffles each repetition of the tiles
     # and seeds each record's generator by its position in the stream; slicing keeps the whole
@@ -247,8 +231,8 @@ def eval_loader(
     Like training batches plus "weight" float32 (b,): 1 for a tile, 0 for the padding that fills
     the last batch. `batch_size` is global; each process yields its share of every batch.
     """
-    process_index, process_count = _process(process_index, process_count)
-    local_batch = _local_batch_size(batch_size, process_count)
+    process_index, process_count = parallel.process_layout(process_index, process_count)
+    local_batch = parallel.local_share(batch_size, process_count)
     indices = np.asarray(indices)
     for start in range(0, len(indices), batch_size):
         rows = indices[start : start + batch_size][process_index * local_batch :][:local_batch]
