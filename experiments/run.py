@@ -19,6 +19,8 @@ split) train on the dataset's own train/validation split (``official``) when the
 every other row on fold 0; Tables 10 and 13 (and Table 3's attention row) are 5-fold CV: pass
 --folds 0,1,2,3,4 to compare. ``--folds`` sets the folds of every row. Without --data the rows
 train on the embedded synthetic dataset, which checks the machinery, not the paper's numbers.
+``--set data.folds=spatial`` holds out blocks of ground instead of random tiles (the score on
+unseen terrain); the table's Folds column and header say which kind each score is.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 from experiments import tables
 from jaxswin import config as config_lib
 from jaxswin import console, metrics, weights
+from jaxswin.data.folds import held_out_kind
 from jaxswin.errors import ConfigError, UserError, cli
 
 
@@ -159,8 +162,7 @@ def tta_scores(cfg: config_lib.Config, fold, fold_dir: Path, compute: bool) -> d
 
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size)
     images, masks = dataset.load()
-    _, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed,
-                                      cfg.data.folds)
+    _, val_idx = data_lib.folds.split_for(dataset, fold, cfg.data)
     ensemble = inference.load_ensemble(
         [fold_dir / "best"], cfg.predict.tta, cfg.predict.batch_size, cfg.predict.precision
     )
@@ -211,7 +213,8 @@ def run_table(table: tables.Table, args: argparse.Namespace) -> tuple[dict, dict
                 if tta is None:
                     continue
                 fold_result.update(tta)
-            scores[fold] = {**fold_result, "train_minutes": train_minutes(fold_dir)}
+            scores[fold] = {**fold_result, "train_minutes": train_minutes(fold_dir),
+                            "held_out": held_out_kind(run_cfg.data.folds, fold)}
         results[row.key] = scores
     return results, configs
 
@@ -261,6 +264,7 @@ def table_rows(table: tables.Table, results: dict) -> list[dict]:
             "table": table.number, "row": row.key, "label": row.label,
             "config": table.config_name(row) if row.reproduced else "",
             "folds": " ".join(str(f) for f in folds), "note": row.note,
+            "held_out": " + ".join(dict.fromkeys(s["held_out"] for s in folds.values())),
         }
         for column, paper in zip(table.columns, row.paper, strict=True):
             value = ours(column.key, folds)
@@ -291,7 +295,9 @@ def markdown(table: tables.Table, records: list[dict], header: str) -> str:
                 mine = "not run" if record["config"] and not ran else "-"
             cells += [record[f"{column.key}_paper"], mine]
         minutes = record["train_minutes"]
-        cells += [record["folds"], f"{minutes:.1f}" if minutes is not None else "", record["note"]]
+        held_out = f" ({record['held_out']})" if record["held_out"] else ""
+        cells += [record["folds"] + held_out, f"{minutes:.1f}" if minutes is not None else "",
+                  record["note"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -316,7 +322,9 @@ def describe(args: argparse.Namespace, cfg: config_lib.Config, seconds: float) -
         parts.append("`" + " ".join(f"--set {o}" for o in args.overrides) + "`")
     parts.append(f"on {jax.device_count()} × {device.device_kind} ({device.platform}); "
                  f"this invocation took {seconds / 60:.1f} min")
-    return ", ".join(parts) + ". Scores are on each fold's held-out tiles."
+    kind = ", ".join(dict.fromkeys(held_out_kind(cfg.data.folds, f)
+                                   for f in parse_folds(args.folds, cfg.data.num_folds)))
+    return ", ".join(parts) + f". Scores are on each fold's held-out tiles ({kind})."
 
 
 @cli

@@ -5,7 +5,9 @@ A row's config is ``experiments/configs/table{N}/{row.key}.toml`` and its runs g
 paper prints them ("0.805 ± 0.004", "-" where it gives none), so the output tables quote the
 paper exactly.
 
-What a column means for our runs (scores of a fold's best weights on its held-out fold):
+What a column means for our runs (scores of a fold's best weights on its held-out fold; the
+output's Folds column says whether those tiles were a random fold, a spatial fold or the
+official split):
 miou, iou_fg, iou_bg, f1, precision, recall as in jaxswin.metrics; dice = f1 (the two are the
 same number for a binary mask); epoch = the best epoch; delta_miou = mIoU minus the table's
 first row's (Table 11: against no TTA); seconds = time to predict the held-out fold with the
@@ -72,7 +74,7 @@ class Table:
 MIOU, F1, DICE = Column("miou", "mIoU"), Column("f1", "F1"), Column("dice", "Dice")
 VAL_MIOU, VAL_F1, VAL_DICE = Column("miou", "Val mIoU"), Column("f1", "Val F1"), Column("dice", "Val Dice")
 
-LEADERBOARD = "paper: CodaBench development phase; ours: held-out fold"
+LEADERBOARD = "paper: CodaBench development phase; ours: held-out fold (kind in Folds)"
 FIVE_FOLD = "paper: 5-fold CV (run --folds 0,1,2,3,4 to compare)"
 
 TABLES: dict[int, Table] = {
@@ -112,7 +114,7 @@ TABLES: dict[int, Table] = {
             Row("dual_s_unetpp", "DualSwinV2-S + UNet++, 5-fold ensemble (development)",
                 ("0.867", "0.905"),
                 "paper: 5-fold x 4-view ensemble on the CodaBench development phase; "
-                "ours: held-out fold, one model"),
+                "ours: held-out fold (kind in Folds), one model"),
             Row("dual_s_unetpp_test", "DualSwinV2-S + UNet++, 5-fold ensemble (test)",
                 ("0.783", "0.800"), "not reproduced (the challenge's hidden test set)",
                 reproduced=False),

@@ -67,10 +67,18 @@ class DataConfig:
     # Tiles of another size than model.img_size are resized to it on loading (bilinear images,
     # nearest-neighbour masks), as the paper does; false makes such a tile an error.
     resize: bool = False
-    folds: str = "stratified"  # stratified (by foreground) | kfold (the authors' sklearn KFold)
+    # stratified (random, by foreground) | kfold (random: the authors' sklearn KFold) | spatial
+    # (blocks of ground with a buffer: the score on unseen terrain).
+    folds: str = "stratified"
     affine_border: str = "reflect"  # reflect-101 (as the code asks) | constant 0 (as it ran)
     blur: str = "kernel"  # kernel: 3/5/7, OpenCV's sigma | sigma: U[0.5,3], kernel int(3.5s)*2+1
     stats: str = "fold"  # z-score stats from the training fold | all: every labelled tile (authors)
+    block_size: int = 4  # spatial folds: side of a block, in tiles
+    buffer: int = 1  # spatial folds: training tiles within this many tiles of a held-out tile are dropped
+    grid_pattern: str = ""  # spatial folds without georeference: regex with (?P<row>) (?P<col>) groups
+    augment_strength: str = "standard"  # standard (Table 4) | strong (distortions, dropout, wider)
+    band_dropout: float = 0.0  # probability of blanking each band of a training tile
+    border_smoothing: float = 0.0  # training targets eased towards 1/2 at mask borders by this
 
 
 @dataclass(frozen=True)
@@ -293,6 +301,14 @@ RANGES = {
     "train.max_steps_per_epoch": "[0, inf)",
     "predict.threshold": "(0, 1)",
     "predict.batch_size": "[1, inf)",
+    "train.warmup_start": "[0, 1]",
+    "train.lr_floor": "[0, 1)",
+    "train.select_threshold": "(0, 1)",
+    "train.max_nonfinite": "[1, inf)",
+    "data.block_size": "[1, inf)",
+    "data.buffer": "[0, inf)",
+    "data.band_dropout": "[0, 1)",
+    "data.border_smoothing": "[0, 1)",
 }
 
 
@@ -305,12 +321,20 @@ def _in_interval(value: float, interval: str) -> bool:
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Allowed values of the named-choice keys outside [model], from their registries."""
-    from jaxswin import losses, runtime, tta  # they import jax: only when a config is checked
-    from jaxswin.data import inspect
+    from jaxswin import losses, resilience, runtime, tta  # they import jax: only when checked
+    from jaxswin.data import augment, folds, inspect
 
     precisions = ("auto", *runtime.PRECISIONS)
     return {
         "data.band_check": inspect.MODES,
+        "data.folds": folds.METHODS,
+        "data.affine_border": augment.BORDERS,
+        "data.blur": augment.BLUR_MODES,
+        "data.augment_strength": tuple(augment.POLICIES),
+        "data.stats": ("fold", "all"),
+        "train.dice": losses.DICE_MODES,
+        "train.on_nonfinite": resilience.NONFINITE_POLICIES,
+        "train.decay_mask": ("none", "timm"),
         "train.loss": losses.NAMES,
         "train.precision": precisions,
         "predict.tta": tta.NAMES,

@@ -387,7 +387,7 @@ def epoch_scalars(record: dict) -> dict[str, float]:
     for key, value in record.items():
         if isinstance(value, dict):
             scalars.update({f"{key}/{k}": v for k, v in value.items()})
-        elif key not in ("epoch", "step") and value is not None:
+        elif key not in ("epoch", "step") and isinstance(value, (int, float)):
             scalars[f"train/{key}"] = value
     return scalars
 
@@ -443,6 +443,9 @@ class FoldData:
     val_idx: np.ndarray
     stats: data_lib.Stats
     steps_per_epoch: int
+    # Which split it is: held_out ("random fold", "spatial fold" or "official split"), folds
+    # (data.folds), train_tiles, held_out_tiles and dropped_tiles (a spatial fold's buffer).
+    split: dict
 
 
 def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
@@ -453,8 +456,11 @@ def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
     if dataset.unlabelled:
         log.info(dataset.describe_unlabelled())
     images, masks = dataset.load()
-    train_idx, val_idx = data_lib.folds.split(dataset, fold, cfg.data.num_folds, cfg.data.fold_seed,
-                                              cfg.data.folds)
+    train_idx, val_idx = data_lib.folds.split_for(dataset, fold, cfg.data)
+    pool = len(dataset.indices(*data_lib.folds.CV_SPLITS))
+    split = {"held_out": data_lib.folds.held_out_kind(cfg.data.folds, fold),
+             "folds": cfg.data.folds, "train_tiles": len(train_idx), "held_out_tiles": len(val_idx),
+             "dropped_tiles": pool - len(train_idx) - len(val_idx)}
     rows = data_lib.folds.stats_rows(dataset, train_idx, cfg.data.stats)
     stats = data_lib.Stats.fit(images[rows], masks[rows])
     if parallel.is_main():
@@ -463,7 +469,7 @@ def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
                                             cfg.train.drop_last, jax.device_count())
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
-    return FoldData(images, masks, train_idx, val_idx, stats, steps)
+    return FoldData(images, masks, train_idx, val_idx, stats, steps, split)
 
 
 def initial_state(cfg: config_lib.Config, precision: str, steps_per_epoch: int, key,
@@ -531,6 +537,8 @@ def train_epoch(run: FoldRun, state: TrainState, epoch: int, bar,
         device_warp=run.cfg.data.device_warp, start_step=len(done), blur=run.cfg.data.blur,
         border=run.cfg.data.affine_border, drop_last=tcfg.drop_last,
         row_multiple=jax.device_count(),
+        augment_strength=run.cfg.data.augment_strength,
+        band_dropout=run.cfg.data.band_dropout, border_smoothing=run.cfg.data.border_smoothing,
     )
     # enumerate + break (not islice) runs the loader to its end when the epoch is whole, so its
     # worker stream carries on into the next epoch.
@@ -641,7 +649,8 @@ def end_epoch(run: FoldRun, state: TrainState, record: dict, candidates: dict[st
     kind = better_weights(record, list(candidates))
     improved = record[kind]["miou"] > best["miou"]
     if improved:
-        best = {"epoch": record["epoch"], "weights": kind, **record[kind]}
+        best = {"epoch": record["epoch"], "weights": kind, "held_out": record["held_out"],
+                **record[kind]}
         if parallel.is_main():
             export_best(run.fold_dir, run.cfg, run.data.stats, candidates[kind], best)
     run.log.epoch(record)
@@ -701,7 +710,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
                 candidates = candidate_weights(state, tcfg.ema)
                 scores = {kind: score(run, variables) for kind, variables in candidates.items()}
                 record = {"epoch": epoch + 1, "step": int(jax.device_get(state.step)),
-                          **summarize_steps(seen), **timing, **scores}
+                          **summarize_steps(seen), **timing,
+                          "held_out": data.split["held_out"], **scores}
                 best = end_epoch(run, state, record, candidates, best)
             finish_checkpoints(manager)
         except resilience.Diverged:
@@ -711,7 +721,8 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
             bar.close()
             run.log.close()
     manager.close()
-    summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs}
+    summary = {"fold": fold, "dir": str(fold_dir), "best": best, "epochs": tcfg.epochs,
+               "split": data.split}
     if parallel.is_main():
         (fold_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -719,7 +730,10 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
 
 def describe_run(run: FoldRun, fold, precision: str) -> str:
     tcfg, data = run.cfg.train, run.data
-    return (f"fold {fold}: {len(data.train_idx)} training / {len(data.val_idx)} held-out tiles, "
+    dropped = data.split["dropped_tiles"]
+    buffer = f" ({dropped} dropped as the buffer around them)" if dropped else ""
+    return (f"fold {fold}: {len(data.train_idx)} training / {len(data.val_idx)} held-out tiles "
+            f"({data.split['held_out']}){buffer}, "
             f"{data.steps_per_epoch} steps/epoch x {tcfg.epochs} epochs, global batch "
             f"{tcfg.batch_size} on {jax.device_count()} {jax.devices()[0].platform} device(s) in "
             f"{jax.process_count()} process(es), {precision}, w+={data.stats.pos_weight:.3f}")
@@ -731,6 +745,7 @@ def format_epoch(record: dict, epochs: int, improved: bool) -> str:
         if kind in record:
             s = record[kind]
             parts.append(f"{kind} mIoU {s['miou']:.4f} F1 {s['f1']:.4f}")
+    parts.append(f"held-out ({record['held_out']})")
     parts.append(f"lr {record['lr']:.2e}")
     parts.append(f"scale {record['loss_scale']:.0f}")
     if record["skipped_steps"]:
@@ -845,11 +860,13 @@ def format_summary(summaries: list[dict], workdir: Path, command: str) -> str:
     for s in summaries:
         b = s["best"]
         lines.append(f"  {fold_dirname(s['fold'])}: best epoch {b['epoch']} ({b['weights']} weights) "
-                     f"mIoU {b['miou']:.4f} F1 {b['f1']:.4f} -> {s['dir']}/best")
+                     f"held-out ({s['split']['held_out']}) mIoU {b['miou']:.4f} F1 {b['f1']:.4f} "
+                     f"-> {s['dir']}/best")
     if len(summaries) > 1:
         mious = np.array([s["best"]["miou"] for s in summaries])
         f1s = np.array([s["best"]["f1"] for s in summaries])
-        lines.append(f"  mean over folds: mIoU {mious.mean():.4f} ± {mious.std():.4f}, "
+        kinds = " + ".join(dict.fromkeys(s["split"]["held_out"] for s in summaries))
+        lines.append(f"  mean over folds ({kinds}): mIoU {mious.mean():.4f} ± {mious.std():.4f}, "
                      f"F1 {f1s.mean():.4f} ± {f1s.std():.4f}")
     lines.append(f"predict with: {command}")
     return "\n".join(lines)

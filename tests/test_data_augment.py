@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from jaxswin.data import augment
+from jaxswin.errors import ConfigError
 
 H = W = 32
 
@@ -137,3 +138,70 @@ def test_photometric_steps_change_rgb_only_and_are_seeded():
     assert np.array_equal(image, before)  # the source tile is never modified
     p_any = 1 - (1 - augment.BLUR_P) * (1 - augment.BRIGHTNESS_CONTRAST_P)
     assert abs(changed / trials - p_any) < 4 * math.sqrt(p_any * (1 - p_any) / trials)
+
+
+# ----------------------------------------------------------------------------- generalisation levers
+
+
+@pytest.mark.parametrize("make_field", [augment.elastic_field, augment.grid_field])
+def test_distortions_keep_image_and_mask_aligned(make_field):
+    rng = np.random.default_rng()
+    mask = (ndimage.gaussian_filter(rng.random((64, 64)), 6) > 0.5).astype(np.uint8)
+    image = np.repeat(mask[..., None].astype(np.float32), 2, axis=-1)
+    field = make_field(rng, 64, 64)
+    assert np.abs(field).max() > 1.0  # it moves pixels
+    warped, warped_mask = augment.distort(image, mask, field)
+    assert warped.shape == image.shape and warped_mask.dtype == mask.dtype
+    # The bilinear band and the nearest mask moved together: they agree away from edges.
+    assert np.mean((warped[..., 0] > 0.5) == (warped_mask > 0)) > 0.97
+    assert not np.array_equal(warped_mask, mask)
+
+
+def test_grid_distortion_keeps_the_tile_edges_and_order():
+    rng = np.random.default_rng()
+    field = augment.grid_field(rng, 50, 70)
+    rows = np.arange(50) + field[0][:, 0]
+    cols = np.arange(70) + field[1][0]
+    assert rows[0] == 0 and rows[-1] == pytest.approx(49) and np.all(np.diff(rows) > 0)
+    assert cols[0] == 0 and cols[-1] == pytest.approx(69) and np.all(np.diff(cols) > 0)
+
+
+def test_coarse_dropout_zeroes_rectangles_on_every_band():
+    rng = np.random.default_rng()
+    image = rng.uniform(0.1, 1.0, (64, 64, 7)).astype(np.float32)
+    out = augment.coarse_dropout(image, rng)
+    holes = out == 0
+    assert holes.any() and np.array_equal(holes[..., 0:1].repeat(7, -1), holes)
+    labels, count = ndimage.label(holes[..., 0])
+    assert 1 <= count <= augment.DROPOUT_HOLES[1]
+    assert np.array_equal(out[~holes], image[~holes])
+
+
+def test_band_dropout_rate_and_never_every_band():
+    rng = np.random.default_rng()
+    keeps = np.stack([augment.band_keep(rng, 7, 0.3) for _ in range(3000)])
+    assert keeps.sum(axis=1).min() >= 1
+    assert abs(1 - keeps.mean() - 0.3) < 0.03
+    assert np.all(augment.band_keep(rng, 3, 0.99).sum() == 1)
+
+
+def test_strong_policy_is_wider_and_bad_values_are_config_errors():
+    strong, standard = augment.POLICIES["strong"], augment.POLICIES["standard"]
+    assert strong.rotate_limit > standard.rotate_limit and strong.distort_p > 0
+    assert standard.distort_p == standard.dropout_p == 0
+    with pytest.raises(ConfigError, match="augment_strength"):
+        augment.Augment("extreme")
+    with pytest.raises(ConfigError, match="band_dropout"):
+        augment.Augment("standard", 1.5)
+
+
+def test_border_smoothing_eases_exactly_the_border_pixels():
+    from jaxswin.data.loader import soften_borders
+
+    rng = np.random.default_rng()
+    mask = (rng.random((3, 20, 20)) < 0.4).astype(np.float32)
+    eps = float(rng.uniform(0.05, 0.3))
+    border = ndimage.maximum_filter(mask, (1, 3, 3), mode="nearest") != ndimage.minimum_filter(
+        mask, (1, 3, 3), mode="nearest")
+    expected = np.where(border, mask * (1 - eps) + eps / 2, mask)
+    np.testing.assert_allclose(np.asarray(soften_borders(mask, eps)), expected, atol=1e-6)

@@ -176,3 +176,18 @@ def test_worker_processes_give_the_same_batches_and_start_once_per_run(data):
     assert loader._stream is None
     assert_same_batches(epoch(data, epoch=2, workers=2), inline[2])
     loader._stream.close()
+
+
+def test_levers_band_dropout_strong_augmentation_and_soft_borders(data):
+    plain = epoch(data, device_warp=True)
+    levers = epoch(data, device_warp=True, augment_strength="strong", band_dropout=0.4,
+                   border_smoothing=0.2)
+    assert len(levers) == len(plain)
+    bands_of = [np.concatenate([b["rgb"], b["aux"]], -1) for b in levers]
+    blank = np.concatenate([np.abs(x).max(axis=(1, 2)) == 0 for x in bands_of])
+    assert 0.25 < blank.mean() < 0.55 and blank.sum(axis=1).max() < 7  # whole bands, never all
+    values = np.unique(np.concatenate([b["mask"].ravel() for b in levers]))
+    assert set(np.round(values.astype(np.float64), 4).tolist()) == {0.0, 0.1, 0.9, 1.0}
+    assert epoch(data, device_warp=True, augment_strength="strong")[0]["warp"].shape == (4, 2, 3)
+    with pytest.raises(ConfigError, match="border_smoothing"):
+        epoch(data, border_smoothing=1.0)

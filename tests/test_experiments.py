@@ -178,8 +178,8 @@ def test_override_preset_keeps_each_rows_variant():
 def test_mean_std_over_folds_and_deltas():
     rng = np.random.default_rng()
     table = tables.get(11)
-    folds = {f: {"miou": rng.random(), "f1": rng.random(), "epoch": 3, "train_minutes": 0.5}
-             for f in range(3)}
+    folds = {f: {"miou": rng.random(), "f1": rng.random(), "epoch": 3, "train_minutes": 0.5,
+                 "held_out": "spatial fold"} for f in range(3)}
     other = {f: {**s, "miou": s["miou"] + 0.01 * (f + 1)} for f, s in folds.items()}
     results = run.derived(table, {"none": folds, "hflip": other})
     records = {r["row"]: r for r in run.table_rows(table, results)}
@@ -189,6 +189,9 @@ def test_mean_std_over_folds_and_deltas():
     assert records["hflip"]["delta_miou"] == pytest.approx(0.02)
     assert records["hflip"]["delta_miou_std"] == pytest.approx(np.std([0.01, 0.02, 0.03]))
     assert records["vflip"]["miou"] is None and records["vflip"]["folds"] == ""
+    assert records["none"]["held_out"] == "spatial fold" and records["vflip"]["held_out"] == ""
+    text = run.markdown(table, list(records.values()), "header")
+    assert "| 0 1 2 (spatial fold) |" in text
     assert records["d4"]["miou_paper"] == "0.8231"
     one = run.table_rows(table, run.derived(table, {"none": {0: folds[0]}}))[0]
     assert one["miou_std"] is None
@@ -250,7 +253,7 @@ def test_table11_tta_rows_share_one_trained_model(tmp_path):
     """TTA rows evaluate the one model; no TTA through jaxswin.predict agrees with training's
     own held-out evaluation. (A single-encoder model keeps the compile short.)"""
     cli("experiments.run", "--table", "11", "--rows", "none,hflip", "--workdir", str(tmp_path),
-        *TINY_RUN, "--set", "model.arch=single")
+        *TINY_RUN, "--set", "model.arch=single", "--set", "data.folds=spatial")
     assert [p.name for p in (tmp_path / "table11").iterdir()] == ["none"]
     fold_dir = tmp_path / "table11" / "none" / "fold0"
     best = json.loads((fold_dir / "best" / "metrics.json").read_text())
@@ -260,6 +263,11 @@ def test_table11_tta_rows_share_one_trained_model(tmp_path):
     assert float(none["delta_miou"]) == 0.0
     assert float(hflip["delta_miou"]) == pytest.approx(float(hflip["miou"]) - float(none["miou"]))
     assert float(hflip["seconds"]) > 0 and records["d4"]["miou"] == ""
+    assert none["held_out"] == "spatial fold"  # TTA scored the same spatial fold training held out
+    split = json.loads((fold_dir / "summary.json").read_text())["split"]
+    assert split["held_out"] == "spatial fold" and split["dropped_tiles"] > 0
+    assert split["train_tiles"] + split["held_out_tiles"] + split["dropped_tiles"] == 160
+    assert "(spatial fold)" in (tmp_path / "table11.md").read_text()
     cached = json.loads((fold_dir / "tta-hflip.json").read_text())
     assert cached["miou"] == pytest.approx(float(hflip["miou"]))
 

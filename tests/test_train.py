@@ -99,8 +99,12 @@ def test_reference_run_leaves_a_complete_run_folder(reference_run, read_tensorbo
     for kind in ("raw", "ema"):
         expected = {r["epoch"]: r[kind]["miou"] for r in records}
         assert scalars[f"{kind}/miou"] == pytest.approx(expected)
-    assert "finished" in result.stdout and "mIoU" in result.stdout
-    assert "epoch   2/2" in result.stderr
+    assert "finished" in result.stdout and "held-out (random fold) mIoU" in result.stdout
+    assert "epoch   2/2" in result.stderr and "held-out (random fold)" in result.stderr
+    split = json.loads((fold / "summary.json").read_text())["split"]
+    assert split == {"held_out": "random fold", "folds": "stratified", "train_tiles": 128,
+                     "held_out_tiles": 32, "dropped_tiles": 0}
+    assert best["held_out"] == "random fold"
 
 
 def test_two_devices_give_the_same_losses(reference_run, tmp_path, cache):

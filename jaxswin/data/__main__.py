@@ -1,6 +1,7 @@
 """Dataset tools: ``python -m jaxswin.data SUBCOMMAND``.
 
     python -m jaxswin.data inspect PATH [--bands PROFILE]   # band statistics and band order
+    python -m jaxswin.data folds DATA --folds spatial [--png folds.png]   # the fold map
 
 One function per subcommand; each only parses its options and calls into the data modules.
 """
@@ -8,10 +9,17 @@ One function per subcommand; each only parses its options and calls into the dat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from jaxswin.data import bands
-from jaxswin.errors import cli
+import numpy as np
+
+from jaxswin import cli as cli_lib
+from jaxswin import config as config_lib
+from jaxswin.data import bands, folds
+from jaxswin.errors import UserError, cli
+
+
 
 
 def add_inspect_parser(subparsers) -> None:
@@ -43,10 +51,71 @@ def inspect_command(args) -> int:
     return 1 if report.verdicts[inspect.profile_name(declared)].status == "contradicted" else 0
 
 
+def add_folds_parser(subparsers) -> None:
+    defaults = config_lib.DataConfig()
+    parser = subparsers.add_parser(
+        "folds", help="print the cross-validation fold map of a dataset (or write it as a PNG)",
+        description="Where each fold's held-out tiles lie on the ground, as a character grid "
+                    "(one character per tile: its fold; '.' no labelled tile), with each fold's "
+                    "tile count, foreground fraction and (spatial folds) buffer.")
+    parser.add_argument("data", metavar="DATA", help="dataset root")
+    parser.add_argument("--bands", default=defaults.bands,
+                        help=f"band profile of the files (default: {defaults.bands})")
+    parser.add_argument("--folds", dest="method", default=defaults.folds,
+                        choices=folds.METHODS,
+                        help=f"how tiles are held out (default: {defaults.folds})")
+    parser.add_argument("--num-folds", type=int, default=defaults.num_folds)
+    parser.add_argument("--seed", type=int, default=defaults.fold_seed, help="data.fold_seed")
+    parser.add_argument("--block-size", type=int, default=defaults.block_size,
+                        help=f"spatial: block side in tiles (default: {defaults.block_size})")
+    parser.add_argument("--buffer", type=int, default=defaults.buffer,
+                        help=f"spatial: buffer in tiles (default: {defaults.buffer})")
+    parser.add_argument("--grid-pattern", default=defaults.grid_pattern,
+                        help="regex with (?P<row>\\d+) and (?P<col>\\d+) reading grid positions "
+                             "from tile names (default: the georeference, else colX_rowY, "
+                             "rowY_colX or ..._R_C)")
+    parser.add_argument("--png", help="write the map to this PNG instead of printing the grid")
+    parser.set_defaults(run=folds_command)
+
+
+def folds_command(args) -> int:
+    from jaxswin.data import dataset as dataset_lib
+    from jaxswin.data import spatial
+
+    dataset = dataset_lib.open_dataset(args.data, args.bands)
+    pool = dataset.indices(*folds.CV_SPLITS)
+    plan = spatial.plan(dataset, pool, args.num_folds, args.seed, args.block_size, args.buffer,
+                        args.grid_pattern)
+    if args.method in folds.RANDOM_METHODS:  # the same tiles, dealt as folds.split deals them
+        dealt = folds.RANDOM_METHODS[args.method](dataset, pool, args.num_folds, args.seed)
+        plan = dataclasses.replace(plan, folds=dealt, buffer=0)
+    kind = folds.held_out_kind(args.method, 0)
+    title = (f"{dataset.root}: {args.num_folds} {kind}s over {len(pool)} tiles "
+             f"(positions from {plan.source})")
+    if args.method == "spatial":
+        title += f", blocks of {args.block_size}x{args.block_size} tiles, buffer {args.buffer}"
+    if args.png:
+        try:
+            spatial.save_png(args.png, plan.rows, plan.cols, plan.folds, args.num_folds, title)
+        except OSError as err:
+            raise UserError(f"--png {args.png}: cannot write it ({err.strerror or err})") from None
+        print(f"wrote {args.png}: {title}")
+        return 0
+    print(title)
+    symbols = np.array([str(k) if k < 10 else chr(ord("a") + k - 10) for k in plan.folds])
+    print("\n".join(spatial.fold_map(plan.rows, plan.cols, symbols)))
+    print("fold  held-out  foreground  training  dropped (buffer)")
+    for row in plan.summary():
+        print(f"{row['fold']:>4}  {row['held_out']:>8}  {row['foreground']:>10.3f}  "
+              f"{row['train']:>8}  {row['dropped']:>7}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jaxswin.data", description=__doc__.split("\n")[0])
+    parser = cli_lib.parser("jaxswin.data", __doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_inspect_parser(subparsers)
+    add_folds_parser(subparsers)
     return parser
 
 

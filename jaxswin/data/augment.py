@@ -12,6 +12,16 @@ Photometric, on RGB only (the geophysical bands keep their physical meaning):
   in [0.5, 3] with kernel int(3.5 sigma)*2+1 (albumentations 2.x's default, the authors' run),
   brightness and contrast p=0.3 (x * (1 + c) + b, c and b uniform in +-0.2, clipped to [0, 1]).
 
+``data.augment_strength = "strong"`` (a lever for generalising to unseen ground; the authors'
+published src/augmentations.py holds only Table 4's pipeline, so the values are Albumentations'
+defaults for these transforms): one of elastic (alpha 34, sigma 4 px, Simard's values) or grid
+distortion (5 x 5 cells, +-30 %) with p=0.4 on all bands and the mask (nearest), a wider affine
+(p=0.7, shift +-10 %, scale 0.8-1.25, rotation +-45 degrees), blur p=0.25, brightness and
+contrast p=0.5 at +-0.3, and coarse dropout p=0.5 (1-8 holes of 8-16 px set to 0 on every band,
+the mask kept, as CoarseDropout does). ``data.band_dropout = p`` blanks each band of a training
+tile with probability p (at least one kept): the band is set to its training-set mean, 0 after
+the z-score, so the model cannot lean on one band that a new region may render differently.
+
 :class:`Augment` runs per record on the host (grain draws its generator from the pipeline seed
 and the record's position). It applies the photometric steps to the percentile-scaled tile and
 folds all geometric steps into one 2x3 matrix per tile, stored as element["warp"]. The warp
@@ -24,6 +34,7 @@ before the warp rather than after is equivalent: both are per-pixel affine maps 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import grain
@@ -53,6 +64,39 @@ CONTRAST_LIMIT = 0.2
 _RGB = slice(0, len(bands.RGB))  # canonical order starts with the RGB stream
 
 
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The probabilities and ranges of one augmentation strength (module docstring)."""
+
+    affine_p: float = AFFINE_P
+    shift_limit: float = SHIFT_LIMIT
+    scale_range: tuple[float, float] = SCALE_RANGE
+    rotate_limit: float = ROTATE_LIMIT
+    blur_p: float = BLUR_P
+    brightness_contrast_p: float = BRIGHTNESS_CONTRAST_P
+    brightness_limit: float = BRIGHTNESS_LIMIT
+    contrast_limit: float = CONTRAST_LIMIT
+    distort_p: float = 0.0  # elastic or grid distortion, one of them
+    dropout_p: float = 0.0  # coarse dropout
+
+
+POLICIES = {
+    "standard": Policy(),
+    "strong": Policy(affine_p=0.7, shift_limit=0.1, scale_range=(0.8, 1.25), rotate_limit=45.0,
+                     blur_p=0.25, brightness_contrast_p=0.5, brightness_limit=0.3,
+                     contrast_limit=0.3, distort_p=0.4, dropout_p=0.5),
+}
+ELASTIC_ALPHA, ELASTIC_SIGMA = 34.0, 4.0
+GRID_STEPS, GRID_LIMIT = 5, 0.3
+DROPOUT_HOLES, DROPOUT_SIZE = (1, 8), (8, 16)
+
+
+def policy(strength: str) -> Policy:
+    if strength not in POLICIES:
+        raise ConfigError(f"data.augment_strength={strength!r}: choose one of {', '.join(POLICIES)}")
+    return POLICIES[strength]
+
+
 def gaussian_blur(rgb: np.ndarray, kernel: int, sigma: float = 0.0) -> np.ndarray:
     """OpenCV's GaussianBlur(ksize=kernel, sigma) of an (H, W, C) image, BORDER_REFLECT_101;
     sigma 0 derives it from the kernel as OpenCV does."""
@@ -72,22 +116,22 @@ def sample_blur(rng: np.random.Generator, mode: str) -> tuple[int, float]:
     return int(rng.choice(BLUR_KERNELS)), 0.0
 
 
-def photometric(
-    rgb: np.ndarray, rng: np.random.Generator, blur: str = "kernel"
-) -> np.ndarray | None:
+def photometric(rgb: np.ndarray, rng: np.random.Generator,
+                policy: Policy = POLICIES["standard"], blur: str = "kernel") -> np.ndarray | None:
     """The photometric steps on a percentile-scaled (H, W, 3) RGB tile; None if none applies."""
     out = None
-    if rng.random() < BLUR_P:
+    if rng.random() < policy.blur_p:
         out = gaussian_blur(rgb, *sample_blur(rng, blur))
-    if rng.random() < BRIGHTNESS_CONTRAST_P:
-        contrast = 1.0 + rng.uniform(-CONTRAST_LIMIT, CONTRAST_LIMIT)
-        brightness = rng.uniform(-BRIGHTNESS_LIMIT, BRIGHTNESS_LIMIT)
+    if rng.random() < policy.brightness_contrast_p:
+        contrast = 1.0 + rng.uniform(-policy.contrast_limit, policy.contrast_limit)
+        brightness = rng.uniform(-policy.brightness_limit, policy.brightness_limit)
         out = rgb if out is None else out
         out = np.clip(out * np.float32(contrast) + np.float32(brightness), 0.0, 1.0)
     return out
 
 
-def sample_warp(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def sample_warp(rng: np.random.Generator, height: int, width: int,
+                policy: Policy = POLICIES["standard"]) -> np.ndarray:
     """The geometric steps of one tile as a float32 (2, 3) matrix M.
 
     Output pixel (row, col) takes its value from source position M @ (row, col, 1): the
@@ -104,10 +148,10 @@ def sample_warp(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         quarter_turn = np.array([[0.0, 1.0], [-1.0, 0.0]])
         linear = linear @ np.linalg.matrix_power(quarter_turn, int(rng.integers(4)))
     shift = np.zeros(2)
-    if rng.random() < AFFINE_P:
-        shift = rng.uniform(-SHIFT_LIMIT, SHIFT_LIMIT, size=2) * (height, width)
-        scale = rng.uniform(*SCALE_RANGE)
-        angle = math.radians(rng.uniform(-ROTATE_LIMIT, ROTATE_LIMIT))
+    if rng.random() < policy.affine_p:
+        shift = rng.uniform(-policy.shift_limit, policy.shift_limit, size=2) * (height, width)
+        scale = rng.uniform(*policy.scale_range)
+        angle = math.radians(rng.uniform(-policy.rotate_limit, policy.rotate_limit))
         cos, sin = math.cos(angle), math.sin(angle)
         linear = linear @ (np.array([[cos, sin], [-sin, cos]]) / scale)
     centre = np.array([(height - 1) / 2, (width - 1) / 2])
@@ -115,25 +159,84 @@ def sample_warp(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.concatenate([linear, offset[:, None]], axis=1).astype(np.float32)
 
 
-class Augment(grain.transforms.RandomMap):
-    """Per record: photometric steps on RGB, and the tile's geometric warp matrix.
+def elastic_field(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(2, H, W) source offsets of an elastic deformation (Simard et al. 2003)."""
+    noise = rng.uniform(-1, 1, size=(2, height, width))
+    return ELASTIC_ALPHA * ndimage.gaussian_filter(noise, (0, ELASTIC_SIGMA, ELASTIC_SIGMA))
 
-    Takes {"image": percentile-scaled (H, W, 7), "mask": (H, W)}; adds "warp" (2, 3).
-    `blur` is a BLUR_MODES name (data.blur).
+
+def grid_field(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(2, H, W) source offsets of a grid distortion: each of GRID_STEPS cells per axis
+    stretched or squeezed by up to GRID_LIMIT, piecewise linear between cell edges."""
+    offsets = []
+    for size in (height, width):
+        steps = 1 + rng.uniform(-GRID_LIMIT, GRID_LIMIT, GRID_STEPS)
+        edges = np.concatenate([[0.0], np.cumsum(steps) / steps.sum()]) * (size - 1)
+        uniform = np.linspace(0, size - 1, GRID_STEPS + 1)
+        offsets.append(np.interp(np.arange(size), uniform, edges) - np.arange(size))
+    return np.stack(np.broadcast_arrays(offsets[0][:, None], offsets[1][None, :]))
+
+
+def distort(image: np.ndarray, mask: np.ndarray, field: np.ndarray):
+    """Resamples (H, W, C) bilinearly and the mask nearest at positions + `field`, mirrored."""
+    height, width = mask.shape
+    coords = np.mgrid[0:height, 0:width].astype(np.float64) + field
+    warped = np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="mirror")
+                       for c in range(image.shape[-1])], axis=-1)
+    return warped.astype(image.dtype), ndimage.map_coordinates(mask, coords, order=0, mode="mirror")
+
+
+def coarse_dropout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rectangular holes set to 0 on every band (the mask is kept)."""
+    image = image.copy()
+    height, width = image.shape[:2]
+    for _ in range(rng.integers(DROPOUT_HOLES[0], DROPOUT_HOLES[1] + 1)):
+        h, w = rng.integers(DROPOUT_SIZE[0], DROPOUT_SIZE[1] + 1, size=2)
+        top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        image[top : top + h, left : left + w] = 0.0
+    return image
+
+
+def band_keep(rng: np.random.Generator, num_bands: int, p: float) -> np.ndarray:
+    """(C,) float32: 0 for each band dropped with probability p, never all of them."""
+    keep = rng.random(num_bands) >= p
+    if not keep.any():
+        keep[rng.integers(num_bands)] = True
+    return keep.astype(np.float32)
+
+
+class Augment(grain.transforms.RandomMap):
+    """Per record: photometric steps on RGB, and the tile's geometric warp matrix; with the
+    strong policy also a distortion and coarse dropout, with band dropout a band mask.
+
+    Takes {"image": percentile-scaled (H, W, 7), "mask": (H, W)}; adds "warp" (2, 3), and
+    "keep" (7,) when `band_dropout` > 0. `blur` is a BLUR_MODES name (data.blur).
     """
 
-    def __init__(self, blur: str = "kernel"):
+    def __init__(self, strength: str = "standard", band_dropout: float = 0.0,
+                 blur: str = "kernel"):
+        if not 0.0 <= band_dropout < 1.0:
+            raise ConfigError(f"data.band_dropout={band_dropout}: a probability in [0, 1)")
         if blur not in BLUR_MODES:
             raise ConfigError(f"data.blur={blur!r}: choose one of {', '.join(BLUR_MODES)}")
-        self.blur = blur
+        self.policy, self.band_dropout, self.blur = policy(strength), band_dropout, blur
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-        image = element["image"]
-        rgb = photometric(image[..., _RGB], rng, self.blur)
+        image, mask, policy = element["image"], element["mask"], self.policy
+        rgb = photometric(image[..., _RGB], rng, policy, self.blur)
         if rgb is not None:  # copy only tiles that change: the source is shared
             image = image.copy()
             image[..., _RGB] = rgb
-        return {**element, "image": image, "warp": sample_warp(rng, *image.shape[:2])}
+        if policy.distort_p and rng.random() < policy.distort_p:
+            make_field = elastic_field if rng.random() < 0.5 else grid_field
+            image, mask = distort(image, mask, make_field(rng, *mask.shape))
+        if policy.dropout_p and rng.random() < policy.dropout_p:
+            image = coarse_dropout(image, rng)
+        out = {**element, "image": image, "mask": mask,
+               "warp": sample_warp(rng, *image.shape[:2], policy)}
+        if self.band_dropout:
+            out["keep"] = band_keep(rng, image.shape[-1], self.band_dropout)
+        return out
 
 
 def _mirror(index: jax.Array, size: int) -> jax.Array:

@@ -1,17 +1,28 @@
 """Cross-validation folds over the labelled tiles (§4.2: 5-fold CV) and the official split.
 
-Two ways to deal the tiles into folds (``data.folds``): "stratified" by foreground fraction
-(jaxswin's), and "kfold", the authors' sklearn ``KFold(shuffle=True, random_state=seed)`` over
-the labelled tiles in path order, restated here without sklearn.
+Three ways to deal the tiles into folds (``data.folds``): "stratified" by foreground fraction
+(jaxswin's; random over tiles: the optimistic score, every held-out tile has training
+neighbours), "kfold", the authors' sklearn ``KFold(shuffle=True, random_state=seed)`` over the
+labelled tiles in path order, restated here without sklearn (random too), and "spatial" (blocks
+of ground with a buffer, :mod:`jaxswin.data.spatial`: the score on unseen terrain).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from jaxswin.data import spatial
 from jaxswin.errors import ConfigError
 
 CV_SPLITS = ("train", "val")  # the folds pool these; a test split stays held out
+
+
+def held_out_kind(method: str, fold) -> str:
+    """What a score's held-out tiles were, as every printed score says: "random fold",
+    "spatial fold" or "official split"."""
+    if fold == "official":
+        return "official split"
+    return "spatial fold" if method == "spatial" else "random fold"
 
 
 def assign(fractions: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
@@ -54,17 +65,23 @@ def _kfold(dataset, pool: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
     return kfold(len(pool), num_folds, seed)  # the pool is in path order: train/, then val/
 
 
-# data.folds -> fn(dataset, pool rows, num_folds, seed) -> a fold number per pool row.
-METHODS = {"stratified": _stratified, "kfold": _kfold}
+# Random folds, data.folds -> fn(dataset, pool rows, num_folds, seed) -> a fold per pool row.
+RANDOM_METHODS = {"stratified": _stratified, "kfold": _kfold}
+METHODS = (*RANDOM_METHODS, "spatial")
 
 
 def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42,
-          method: str = "stratified"):
+          method: str = "stratified", *, block_size: int = 4, buffer: int = 1,
+          grid_pattern: str = ""):
     """(train_indices, val_indices) into `dataset.samples` (and the rows of `dataset.load()`).
 
     `fold` k in [0, num_folds) holds out the k-th fold (dealt by `method`, see METHODS) of all
     tiles of the train and val splits together; "official" is the dataset's own train/val split.
+    `method` "spatial" holds out blocks of `block_size` tiles and leaves out of training the
+    tiles within `buffer` of them (:mod:`jaxswin.data.spatial`).
     """
+    if method not in METHODS:
+        raise ConfigError(f"data.folds={method!r}: choose one of {', '.join(METHODS)}")
     if fold == "official":
         train, val = dataset.indices("train"), dataset.indices("val")
         if not len(train) or not len(val):
@@ -74,8 +91,6 @@ def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42,
                 f"instead, or add {dataset.root}/val/images and val/masks"
             )
         return train, val
-    if method not in METHODS:
-        raise ConfigError(f"data.folds={method!r}: choose one of {', '.join(METHODS)}")
     if seed < 0:
         raise ConfigError(f"data.fold_seed={seed}: must be a non-negative integer")
     if num_folds < 2:
@@ -90,7 +105,11 @@ def split(dataset, fold: int | str, num_folds: int = 5, seed: int = 42,
             f"data.num_folds={num_folds}: {dataset.root} has only {len(pool)} labelled "
             "train/val tiles"
         )
-    held_out = METHODS[method](dataset, pool, num_folds, seed) == fold
+    if method == "spatial":
+        train, held_out, _ = spatial.plan(
+            dataset, pool, num_folds, seed, block_size, buffer, grid_pattern).split(fold)
+        return train, held_out
+    held_out = RANDOM_METHODS[method](dataset, pool, num_folds, seed) == fold
     return pool[~held_out], pool[held_out]
 
 
@@ -103,3 +122,10 @@ def stats_rows(dataset, train: np.ndarray, mode: str = "fold") -> np.ndarray:
     if mode == "all":
         return dataset.indices(*CV_SPLITS)
     raise ConfigError(f"data.stats={mode!r}: choose 'fold' or 'all'")
+
+
+def split_for(dataset, fold, data_cfg):
+    """:func:`split` with the options of a run's `data` config section."""
+    return split(dataset, fold, data_cfg.num_folds, data_cfg.fold_seed, data_cfg.folds,
+                 block_size=data_cfg.block_size, buffer=data_cfg.buffer,
+                 grid_pattern=data_cfg.grid_pattern)

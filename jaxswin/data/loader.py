@@ -54,11 +54,28 @@ class _Tiles:
         return f"_Tiles({len(self)} of {len(self.images)})"
 
 
-@functools.partial(jax.jit, static_argnames=("stats", "apply_warp", "border"))
-def _finish(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect") -> dict:
-    """Batched tiles -> model inputs in one XLA pass: z-score, split streams, warp."""
-    rgb, aux = split_streams(stats.apply(batch["image"]))
-    out = {"rgb": rgb, "aux": aux, "mask": batch["mask"][..., None].astype(jnp.float32)}
+def soften_borders(mask: jax.Array, smoothing: float) -> jax.Array:
+    """(B, H, W) {0, 1} -> targets eased by `smoothing` towards 1/2 on the pixels at a class
+    border (a 3x3 neighbour of the other class): the hand-drawn edge is the least certain."""
+    window = (1, 3, 3)
+    high = jax.lax.reduce_window(mask, -jnp.inf, jax.lax.max, window, (1, 1, 1), "SAME")
+    low = jax.lax.reduce_window(mask, jnp.inf, jax.lax.min, window, (1, 1, 1), "SAME")
+    return jnp.where(high > low, mask * (1 - smoothing) + smoothing / 2, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("stats", "apply_warp", "border", "border_smoothing"))
+def _finish(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect",
+            border_smoothing: float = 0.0) -> dict:
+    """Batched tiles -> model inputs in one XLA pass: z-score, band dropout, split streams,
+    softened borders, warp."""
+    image = stats.apply(batch["image"])
+    if "keep" in batch:  # a dropped band sits at its mean, 0 after the z-score
+        image = image * batch["keep"][:, None, None, :]
+    rgb, aux = split_streams(image)
+    mask = batch["mask"].astype(jnp.float32)
+    if border_smoothing:
+        mask = soften_borders(mask, border_smoothing)
+    out = {"rgb": rgb, "aux": aux, "mask": mask[..., None]}
     if "warp" in batch:
         out["warp"] = batch["warp"]
         if border == "constant":  # 0 in the percentile-scaled tile, i.e. before the z-score
@@ -67,10 +84,12 @@ def _finish(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect"
     return augment_lib.warp(out) if apply_warp else out
 
 
-def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect") -> dict:
+def _finish_on_host(batch: dict, stats: Stats, apply_warp: bool, border: str = "reflect",
+                    border_smoothing: float = 0.0) -> dict:
     # Pinned to the CPU: the loader yields numpy, whatever the default device.
     cpu = jax.local_devices(backend="cpu")[0]
-    return jax.device_get(_finish(jax.device_put(batch, cpu), stats, apply_warp, border))
+    return jax.device_get(_finish(jax.device_put(batch, cpu), stats, apply_warp, border,
+                                  border_smoothing))
 
 
 def last_batch_size(num_tiles: int, global_batch_size: int, drop_last: bool,
@@ -108,6 +127,9 @@ def train_loader(
     workers: int = 2,
     device_warp: bool = False,
     start_step: int = 0,
+    augment_strength: str = "standard",
+    band_dropout: float = 0.0,
+    border_smoothing: float = 0.0,
     process_index: int | None = None,
     process_count: int | None = None,
     blur: str = "kernel",
@@ -130,8 +152,12 @@ def train_loader(
     (b, 2, 3) and the caller applies :func:`jaxswin.data.augment.warp` on its device.
     `start_step` > 0 skips the epoch's first batches, for a run resumed mid-epoch: the rest are
     the batches an uninterrupted epoch would yield from there.
+    `augment_strength` and `band_dropout` choose the augmentation (:class:`Augment`),
+    `border_smoothing` eases the mask towards 1/2 at class borders (:func:`soften_borders`).
     `process_index`/`process_count` default to JAX's.
     """
+    if not 0.0 <= border_smoothing < 1.0:
+        raise ConfigError(f"data.border_smoothing={border_smoothing}: a value in [0, 1)")
     if not 0 <= seed < 2**32:
         raise ConfigError(f"train.seed={seed}: the data seed must be in [0, 2**32)")
     process_index, process_count = parallel.process_layout(process_index, process_count)
@@ -147,7 +173,7 @@ def train_loader(
     # global batches of every epoch (reads past a slice's end continue in the next epoch).
     ds = grain.MapDataset.source(_Tiles(images, masks, indices)).shuffle(seed=seed)
     if augment:
-        ds = ds.random_map(augment_lib.Augment(blur), seed=seed)
+        ds = ds.random_map(augment_lib.Augment(augment_strength, band_dropout, blur), seed=seed)
     tiles = ds
     # A global batch is the processes' blocks of rows in process order, as
     # jax.make_array_from_process_local_data assembles it: every row sits where a single
@@ -156,14 +182,14 @@ def train_loader(
     first = min(start_step, steps)  # a resumed epoch's first whole batch
     ds = ds[process_index::process_count].repeat()[epoch * steps + first :]
     finish = functools.partial(_finish_on_host, stats=stats, apply_warp=augment and not device_warp,
-                               border=border)
+                               border=border, border_smoothing=border_smoothing)
     if workers == 0:
         batches = map(finish, ds[: steps - first].to_iter_dataset(_READ))
     else:
         # The tiles by identity (they are large), the rest by value.
         setup = ((images, masks), (tuple(np.asarray(indices).tolist()), stats, global_batch_size,
-                                   seed, augment, blur, workers, device_warp, process_index,
-                                   process_count))
+                                   seed, augment, blur, workers, device_warp, augment_strength,
+                                   band_dropout, border_smoothing, process_index, process_count))
         batches = _worker_stream(setup, ds, workers, epoch, first).epoch(steps - first, finish)
     if not last:
         return batches
