@@ -139,19 +139,18 @@ def main(argv=None):
         for run in args.checkpoint
         for folder in inference.best_folders(run)
     ]
-    ensemble = inference.Ensemble(
-        members, args.tta, args.batch_size, args.precision, args.threshold
-    )
     if args.bands:
         channels = bands.resolve(args.bands)
-    elif ensemble.profile is None:
+    elif (channels := inference.trained_profile(members)) is None:
         trained = ", ".join(sorted({m.config.data.bands for m in members}))
         raise UserError(f"--bands: the models were trained on different band profiles "
                         f"({trained}); say which one the input uses")
-    else:
-        channels = ensemble.profile
+    # Before the models are built: a contradicted profile stops at once, naming the right one.
     inspect.check(inputs, channels, args.band_check or members[0].config.data.band_check,
                   f"the files of --input {input_arg}")
+    ensemble = inference.Ensemble(
+        members, args.tta, args.batch_size, args.precision, args.threshold
+    )
     log.info(
         f"{len(members)} model(s) x {len(ensemble.views)} view(s) ({ensemble.tta_name}), "
         f"tile {ensemble.tile}, {ensemble.precision}, threshold {ensemble.threshold}, "

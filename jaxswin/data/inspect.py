@@ -352,6 +352,32 @@ def _mark(strong: bool) -> str:
     return "strong" if strong else "WEAK"
 
 
+def _colour_order(ev: Evidence, colour: tuple, enough: bool, strong: dict):
+    """(red, green, blue, report line) of the three colour bands; sets strong["green"] and
+    strong["red_blue"]."""
+    # Green lies between red and blue in wavelength: per tile it correlates best with both
+    # others, and on reddish Mars its brightness is between theirs. Two votes per tile.
+    ties = np.stack([_finite(ev.corr[:, m, [o for o in colour if o != m]], -1.0).sum(1)
+                     for m in colour], 1)
+    means = ev.mean[:, list(colour)]
+    middle_by_corr = np.argmax(ties, axis=1)
+    middle_by_light = np.argsort(means, axis=1)[:, 1]
+    votes = [(np.mean(middle_by_corr == m), np.mean(middle_by_light == m)) for m in range(3)]
+    green_at = max(range(3), key=lambda m: (sum(votes[m]), votes[m][0]))
+    green = colour[green_at]
+    strong["green"] = enough and bool(sum(votes[green_at]) >= 2 * MIN_VOTE)
+    red, blue = [b for b in colour if b != green]
+    _, red_share = _vote(ev.mean[:, red] - ev.mean[:, blue])
+    if red_share < 0.5:
+        red, blue, red_share = blue, red, 1.0 - red_share
+    strong["red_blue"] = enough and bool(red_share >= MIN_VOTE)
+    line = (f"colour order: green is band {green + 1}, the middle one by correlation in "
+            f"{votes[green_at][0]:.0%} and by brightness in {votes[green_at][1]:.0%} of tiles "
+            f"[{_mark(strong['green'])}]; red is band {red + 1}, brighter than blue band "
+            f"{blue + 1} in {red_share:.0%} of tiles (Mars is red) [{_mark(strong['red_blue'])}]")
+    return red, green, blue, line
+
+
 def infer(ev: Evidence) -> Inference:
     """The most plausible role of every band, step by step (see the module docstring)."""
     if ev.tiles < MIN_TILES:
@@ -410,27 +436,8 @@ def infer(ev: Evidence) -> Inference:
                  f"scores higher in {share:.0%} of tiles [{_mark(strong['gray'])}]; "
                  f"thermal is band {thermal + 1}, what is left")
 
-    # Green lies between red and blue in wavelength: per tile it correlates best with both
-    # others, and on reddish Mars its brightness is between theirs. Two votes per tile.
-    ties = np.stack([_finite(ev.corr[:, m, [o for o in colour if o != m]], -1.0).sum(1)
-                     for m in colour], 1)
-    means = ev.mean[:, list(colour)]
-    middle_by_corr = np.argmax(ties, axis=1)
-    middle_by_light = np.argsort(means, axis=1)[:, 1]
-    votes = [(np.mean(middle_by_corr == m), np.mean(middle_by_light == m)) for m in range(3)]
-    green_at = max(range(3), key=lambda m: (sum(votes[m]), votes[m][0]))
-    green = colour[green_at]
-    strong["green"] = enough and bool(sum(votes[green_at]) >= 2 * MIN_VOTE)
-    red, blue = [b for b in colour if b != green]
-    _, red_share = _vote(ev.mean[:, red] - ev.mean[:, blue])
-    if red_share < 0.5:
-        red, blue, red_share = blue, red, 1.0 - red_share
-    strong["red_blue"] = enough and bool(red_share >= MIN_VOTE)
-    lines.append(f"colour order: green is band {green + 1}, the middle one by correlation in "
-                 f"{votes[green_at][0]:.0%} and by brightness in {votes[green_at][1]:.0%} of tiles "
-                 f"[{_mark(strong['green'])}]; red is band {red + 1}, brighter than blue band "
-                 f"{blue + 1} in {red_share:.0%} of tiles (Mars is red) "
-                 f"[{_mark(strong['red_blue'])}]")
+    red, green, blue, line = _colour_order(ev, colour, enough, strong)
+    lines.append(line)
 
     order = [""] * NUM_BANDS
     for role, band in zip(("dem", "slope", "gray", "thermal", "red", "green", "blue"),

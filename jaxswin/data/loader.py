@@ -115,27 +115,12 @@ def steps_per_epoch(num_tiles: int, global_batch_size: int, drop_last: bool = Tr
 
 
 def train_loader(
-    images: np.ndarray,
-    masks: np.ndarray,
-    indices: np.ndarray,
-    stats: Stats,
-    *,
-    global_batch_size: int,
-    seed: int,
-    epoch: int,
-    augment: bool = True,
-    workers: int = 2,
-    device_warp: bool = False,
-    start_step: int = 0,
-    augment_strength: str = "standard",
-    band_dropout: float = 0.0,
-    border_smoothing: float = 0.0,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    blur: str = "kernel",
-    border: str = "reflect",
-    drop_last: bool = True,
-    row_multiple: int = 1,
+    images: np.ndarray, masks: np.ndarray, indices: np.ndarray, stats: Stats, *,
+    global_batch_size: int, seed: int, epoch: int, start_step: int = 0,
+    augment: bool = True, augment_strength: str = "standard", band_dropout: float = 0.0,
+    blur: str = "kernel", border: str = "reflect", border_smoothing: float = 0.0,
+    workers: int = 2, device_warp: bool = False, drop_last: bool = True, row_multiple: int = 1,
+    process_index: int | None = None, process_count: int | None = None,
 ) -> Iterator[dict]:
     """One epoch of training batches for this process.
 
@@ -197,9 +182,13 @@ def train_loader(
     # epoch `epoch`'s shuffle), this process's block of them, in the main process.
     share = last // process_count
     start = epoch * len(indices) + steps * global_batch_size + process_index * share
-    rows = [tiles[start + i] for i in range(share)]
-    tail = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-    return itertools.chain(batches, [finish(tail)])
+    return itertools.chain(batches, [finish(_stacked(tiles, start, share))])
+
+
+def _stacked(records, start: int, count: int) -> dict:
+    """Records start..start+count-1 of a grain dataset as one batch of stacked arrays."""
+    rows = [records[start + i] for i in range(count)]
+    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
 
 class _Stream:
