@@ -357,7 +357,7 @@ def plan_memory(args):
     compiled for per-device batches 1 and 2 gives both, and the plan extrapolates to any batch."""
     import jax
 
-    cfg = load_config(args)
+    cfg = config_lib.from_args(args)
     counts = [int(n) for n in args.devices.split(",") if n.strip()]
     uneven = [n for n in counts if n < 1 or args.batch % n]
     if uneven:
@@ -386,7 +386,7 @@ def plan_memory(args):
             + f"); activations and workspace {per_tile / 2**20:.0f} MiB per tile of the GPU's "
             "batch.",
             "",
-            f"| global batch | GPUs | batch per GPU | planned GiB per GPU | "
+            "| global batch | GPUs | batch per GPU | planned GiB per GPU | "
             + " | ".join(f"fits {gpu}" for gpu in GPUS) + " |",
             "|---|---|---|---|" + "---|" * len(GPUS),
         ]

@@ -127,9 +127,9 @@ def fold_scores(fold_dir: Path) -> dict:
     fusion's blend weight sigma(alpha), read from its weights)."""
     best = json.loads((fold_dir / "best" / "metrics.json").read_text())
     scores = {**{k: best[k] for k in metrics.KEYS}, "epoch": best["epoch"]}
-    with safe_open(fold_dir / "best" / "model.safetensors", framework="numpy") as handle:
-        if BLEND_LOGIT in handle.keys():
-            scores["alpha_rgb"] = float(1 / (1 + np.exp(-handle.get_tensor(BLEND_LOGIT))))
+    blend_logit = weights.tensor(fold_dir / "best" / "model.safetensors", BLEND_LOGIT)
+    if blend_logit is not None:
+        scores["alpha_rgb"] = float(1 / (1 + np.exp(-blend_logit)))
     return scores
 
 
@@ -309,7 +309,8 @@ def write_csv(path: Path, records: list[dict]) -> None:
         writer.writerows(records)
 
 
-def describe(args: argparse.Namespace, cfg: config_lib.Config, seconds: float) -> str:
+def describe(args: argparse.Namespace, cfg: config_lib.Config, results: dict,
+             seconds: float) -> str:
     import jax
 
     device = jax.devices()[0]
@@ -322,8 +323,8 @@ def describe(args: argparse.Namespace, cfg: config_lib.Config, seconds: float) -
         parts.append("`" + " ".join(f"--set {o}" for o in args.overrides) + "`")
     parts.append(f"on {jax.device_count()} × {device.device_kind} ({device.platform}); "
                  f"this invocation took {seconds / 60:.1f} min")
-    kind = ", ".join(dict.fromkeys(held_out_kind(cfg.data.folds, f)
-                                   for f in parse_folds(args.folds, cfg.data.num_folds)))
+    kind = ", ".join(dict.fromkeys(scores["held_out"] for folds in results.values()
+                                   for scores in folds.values())) or "none scored yet"
     return ", ".join(parts) + f". Scores are on each fold's held-out tiles ({kind})."
 
 
@@ -337,8 +338,8 @@ def main(argv=None):
     start = time.perf_counter()
     results, configs = run_table(table, args)
     records = table_rows(table, derived(table, results))
-    text = markdown(table, records,
-                    describe(args, next(iter(configs.values())), time.perf_counter() - start))
+    text = markdown(table, records, describe(args, next(iter(configs.values())), results,
+                                             time.perf_counter() - start))
     out = Path(args.workdir) / f"table{table.number}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)

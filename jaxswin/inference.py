@@ -68,7 +68,7 @@ def best_folders(run: str | Path) -> list[Path]:
     """
     run = Path(run)
     if not run.is_dir():
-        raise UserError(f"checkpoint {run}: no such folder")
+        raise UserError(f"--checkpoint {run}: no such folder")
     if (run / "best").is_dir():
         return [run / "best"]
     # A fold folder holds config.toml and stats.json too; only a best/ folder holds weights.
@@ -83,7 +83,7 @@ def best_folders(run: str | Path) -> list[Path]:
     if (run / "official" / "best").is_dir():
         return [run / "official" / "best"]
     raise UserError(
-        f"checkpoint {run}: no trained model here: expected a best/ folder with {WEIGHTS}, "
+        f"--checkpoint {run}: no trained model here: expected a best/ folder with {WEIGHTS}, "
         f"{CONFIG} and {STATS} (written by jaxswin.train), in RUN, RUN/best, "
         "RUN/fold<k>/best or RUN/official/best"
     )

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -455,8 +454,9 @@ def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
                                     cfg.data.resize)
     if dataset.unlabelled:
         log.info(dataset.describe_unlabelled())
-    images, masks = dataset.load()
+    # The split first: a fold the data cannot give stops before the images are read.
     train_idx, val_idx = data_lib.folds.split_for(dataset, fold, cfg.data)
+    images, masks = dataset.load()
     pool = len(dataset.indices(*data_lib.folds.CV_SPLITS))
     split = {"held_out": data_lib.folds.held_out_kind(cfg.data.folds, fold),
              "folds": cfg.data.folds, "train_tiles": len(train_idx), "held_out_tiles": len(val_idx),

@@ -53,6 +53,11 @@ def metadata(path: str | Path) -> dict[str, str]:
     return _read(path, lambda handle: dict(handle.metadata() or {}))
 
 
+def tensor(path: str | Path, name: str) -> np.ndarray | None:
+    """One tensor of a .safetensors file by its flat name, or None when the file has none such."""
+    return _read(path, lambda handle: handle.get_tensor(name) if name in handle.keys() else None)
+
+
 def load(path: str | Path) -> tuple[dict, dict[str, str]]:
     """Reads a file written by :func:`save`: (nested variables of numpy arrays, metadata)."""
     flat, meta = _read(path, lambda handle: (

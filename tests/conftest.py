@@ -8,14 +8,20 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def jaxswin_logger_as_found():
-    """A CLI run in-process (jaxswin.console.setup) gives the jaxswin logger its own handler and
-    stops propagation to the root, where caplog listens; later tests get it back as it was."""
+def jaxswin_logger_as_new():
+    """A CLI run in-process (jaxswin.console.setup), even in a module-scoped fixture, gives the
+    jaxswin logger its own handler and stops propagation to the root, where caplog listens:
+    every test starts and ends with the logger as a fresh process has it."""
     logger = logging.getLogger("jaxswin")
-    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+
+    def fresh():
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+    fresh()
     yield
-    logger.handlers[:], logger.propagate = handlers, propagate
-    logger.setLevel(level)
+    fresh()
 
 
 @pytest.fixture(scope="session")

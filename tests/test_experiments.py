@@ -139,7 +139,7 @@ def test_table3_rows_are_the_rows_of_the_later_tables():
 
 
 @pytest.mark.skipif(not PAPER.exists(), reason=f"the paper's text is not at {PAPER}")
-@pytest.mark.parametrize("number", sorted(tables.TABLES))
+@pytest.mark.parametrize("number", sorted(set(tables.TABLES) - {13}))
 def test_published_values_are_the_papers(number):
     """Each row's values appear, in order, on one line of the paper's printed table."""
     text = PAPER.read_text()
@@ -149,6 +149,16 @@ def test_published_values_are_the_papers(number):
         values = [v for v in row.paper if v != "-"]
         pattern = r"\s.*".join(re.escape(v).replace(r"\ ±\ ", r"\s*±\s*") for v in values)
         assert any(re.search(r"(^|\s)" + pattern + r"(\s|$)", line) for line in block), row.label
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason=f"the paper's text is not at {PAPER}")
+def test_late_fusion_values_are_the_papers_text():
+    """Table 13 has no printed table: its values are in §4.4's late-fusion paragraph."""
+    paragraph = next(line for line in PAPER.read_text().splitlines()
+                     if line.startswith("Late Fusion Ablation."))
+    mid, late = (tables.get(13).row(key).paper for key in ("mid", "late"))
+    assert f"({late[0]} vs. {mid[0]})" in paragraph
+    assert late[1] == "≈ 0.48" and r"\approx 0.48" in paragraph
 
 
 def test_unknown_table_and_row_are_user_errors(capsys):
@@ -251,9 +261,12 @@ def test_table6_reduced_run_has_every_row_with_the_papers_values(tmp_path):
 
 def test_table11_tta_rows_share_one_trained_model(tmp_path):
     """TTA rows evaluate the one model; no TTA through jaxswin.predict agrees with training's
-    own held-out evaluation. (A single-encoder model keeps the compile short.)"""
+    own held-out evaluation at the same threshold (the paper's recipe selects at 0.5, predicts
+    at 0.51: after one step many probabilities lie in between). (A single-encoder model keeps
+    the compile short.)"""
     cli("experiments.run", "--table", "11", "--rows", "none,hflip", "--workdir", str(tmp_path),
-        *TINY_RUN, "--set", "model.arch=single", "--set", "data.folds=spatial")
+        *TINY_RUN, "--set", "model.arch=single", "--set", "data.folds=spatial",
+        "--set", "predict.threshold=0.5")
     assert [p.name for p in (tmp_path / "table11").iterdir()] == ["none"]
     fold_dir = tmp_path / "table11" / "none" / "fold0"
     best = json.loads((fold_dir / "best" / "metrics.json").read_text())

@@ -139,7 +139,7 @@ def test_train_step_lowers_for_cuda_on_a_two_device_mesh(lowered, precision):
 def test_prediction_lowers_for_cuda(lowered):
     facts = lowered["predict_bf16"]
     assert facts["cpu_only"] == [], facts["custom_calls"]
-    assert facts["num_partitions"] == ["2"] and facts["meshes"] == ['"batch"=2']
+    assert facts["num_partitions"] == ["2"] and facts["meshes"] == ['"data"=2']
     assert facts["split_args"] == 2  # the tiles in, their probabilities out
     assert facts["bf16_ops"] > 100
 

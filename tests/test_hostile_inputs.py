@@ -435,7 +435,7 @@ CASES = [
     set_case("threshold outside (0, 1)",
              "predict.threshold=1.2", "predict.threshold = 1.2", "(0, 1)"),
     set_case("unknown fusion", "model.fusion=sum",
-             "model.fusion = 'sum'", "concat, weighted_sum, eca, se, cbam"),
+             "model.fusion = 'sum'", "concat, weighted_sum, weighted_sum_fixed, eca, se, cbam"),
     set_case("unknown decoder", "model.decoder=unet", "model.decoder = 'unet'", "unetpp"),
     set_case("unknown loss", "train.loss=bce_dic",
              "train.loss = 'bce_dic'", "did you mean 'bce_dice'"),

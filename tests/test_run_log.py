@@ -19,7 +19,7 @@ def record(epoch, rng):
 def test_epochs_reach_jsonl_curves_and_tensorboard(tmp_path, read_tensorboard):
     rng = np.random.default_rng()
     records = [record(epoch, rng) for epoch in (1, 2, 3)]
-    log = RunLog(tmp_path, completed_epochs=0, tensorboard=True)
+    log = RunLog(tmp_path, completed_epochs=0, completed_steps=0, tensorboard=True)
     for r in records:
         log.epoch(r)
     log.close()
@@ -40,16 +40,17 @@ def test_epochs_reach_jsonl_curves_and_tensorboard(tmp_path, read_tensorboard):
 
 def test_resumed_log_keeps_completed_epochs_only(tmp_path, read_tensorboard):
     rng = np.random.default_rng()
-    first = RunLog(tmp_path, completed_epochs=0, tensorboard=True)
+    first = RunLog(tmp_path, completed_epochs=0, completed_steps=0, tensorboard=True)
     for epoch in (1, 2):
         first.epoch(record(epoch, rng))
     first.close()
-    (tmp_path / "steps.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    steps = [json.dumps({"epoch": 1 + step // 3, "step": step}) for step in range(6)]
+    (tmp_path / "steps.jsonl").write_text("".join(line + "\n" for line in steps))
 
-    redo = record(2, rng)
-    resumed = RunLog(tmp_path, completed_epochs=1, tensorboard=True)
+    redo = record(2, rng)  # resumed from the checkpoint of epoch 1, after its 3 steps
+    resumed = RunLog(tmp_path, completed_epochs=1, completed_steps=3, tensorboard=True)
     assert [r["epoch"] for r in resumed.history] == [1]
-    assert (tmp_path / "steps.jsonl").read_text() == '{"epoch": 1}\n'
+    assert (tmp_path / "steps.jsonl").read_text() == "".join(line + "\n" for line in steps[:3])
     resumed.epoch(redo)
     resumed.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -60,7 +61,7 @@ def test_resumed_log_keeps_completed_epochs_only(tmp_path, read_tensorboard):
 
 
 def test_without_tensorboard_no_event_files(tmp_path):
-    log = RunLog(tmp_path, completed_epochs=0)
+    log = RunLog(tmp_path, completed_epochs=0, completed_steps=0)
     log.epoch(record(1, np.random.default_rng()))
     log.close()
     assert not (tmp_path / "tensorboard").exists()

@@ -102,15 +102,25 @@ def test_reference_run_leaves_a_complete_run_folder(reference_run, read_tensorbo
     assert "finished" in result.stdout and "held-out (random fold) mIoU" in result.stdout
     assert "epoch   2/2" in result.stderr and "held-out (random fold)" in result.stderr
     split = json.loads((fold / "summary.json").read_text())["split"]
-    assert split == {"held_out": "random fold", "folds": "stratified", "train_tiles": 128,
+    assert split == {"held_out": "random fold", "folds": "kfold", "train_tiles": 128,
                      "held_out_tiles": 32, "dropped_tiles": 0}
     assert best["held_out"] == "random fold"
+
+
+def assert_same_trajectory(losses: np.ndarray, reference: np.ndarray) -> None:
+    """A batch split over devices sums its gradients and BatchNorm moments in another order: the
+    first steps agree to float32 rounding; later ones drift as Adam's normalised updates amplify
+    it (0.02 % after six steps), far below what a wrong reduction gives (a per-device BatchNorm
+    already changes the first loss)."""
+    assert len(losses) == len(reference)
+    np.testing.assert_allclose(losses[:2], reference[:2], rtol=1e-5)
+    np.testing.assert_allclose(losses, reference, rtol=1e-3)
 
 
 def test_two_devices_give_the_same_losses(reference_run, tmp_path, cache):
     workdir, _ = reference_run
     run_train(tmp_path, cache, devices=2)
-    np.testing.assert_allclose(step_losses(tmp_path), step_losses(workdir), rtol=1e-5)
+    assert_same_trajectory(step_losses(tmp_path), step_losses(workdir))
 
 
 def free_port() -> int:
@@ -119,12 +129,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_joined_by_jax_distributed_agree(reference_run, tmp_path, cache):
-    workdir, _ = reference_run
+def run_two_processes(workdir: Path, cache: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     processes = [
         subprocess.Popen(
-            train_command(tmp_path, "--coordinator-address", address, "--num-processes", "2",
+            train_command(workdir, "--coordinator-address", address, "--num-processes", "2",
                           "--process-id", str(index)),
             cwd=ROOT, env=environment(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
@@ -134,7 +143,18 @@ def test_two_processes_joined_by_jax_distributed_agree(reference_run, tmp_path, 
     report = "\n".join(f"--- process {i} (exit {p.returncode}):\n{err[-3000:]}"
                        for i, (p, (_, err)) in enumerate(zip(processes, outputs)))
     assert all(p.returncode == 0 for p in processes), report
-    np.testing.assert_allclose(step_losses(tmp_path), step_losses(workdir), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("two_processes")
+    run_two_processes(workdir, cache)
+    return workdir
+
+
+def test_two_processes_joined_by_jax_distributed_agree(reference_run, two_process_run):
+    workdir, _ = reference_run
+    assert_same_trajectory(step_losses(two_process_run), step_losses(workdir))
 
 
 def test_killed_run_resumes_to_the_same_result(reference_run, tmp_path, cache):
@@ -251,8 +271,7 @@ def test_sigterm_mid_epoch_saves_there_and_the_rerun_ends_as_if_never_stopped(
 @pytest.mark.xfail(reason="resume half unverified: at load 36 the last try timed out compiling "
                           "before the pause point; see the i14a report", strict=False)
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
-        reference_run, tmp_path, cache):
-    workdir, _ = reference_run
+        two_process_run, tmp_path, cache):
     marker = tmp_path / "paused"
 
     def launch(**hooks):
@@ -276,8 +295,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:]
     assert "resuming" in outputs[0][1]
-    assert epoch_records(tmp_path / "run") == epoch_records(workdir)
-    np.testing.assert_allclose(step_losses(tmp_path / "run"), step_losses(workdir), rtol=1e-5)
+    assert_same_run(tmp_path / "run", two_process_run)
 
 
 def test_a_killed_peer_ends_the_other_process_in_bounded_time(tmp_path, cache):

@@ -90,6 +90,11 @@ class Dataset:
         """Rows of the samples in the given splits."""
         return np.array([i for i, s in enumerate(self.samples) if s.split in splits], np.int64)
 
+    def foreground_fractions(self, rows: np.ndarray) -> np.ndarray:
+        """The landslide fraction of each tile in `rows`, from its mask alone at its own size
+        (the images are not read, whatever size the tiles are)."""
+        return np.array([io.read_mask(self.samples[i].mask, None).mean() for i in rows])
+
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(images float32 (N, H, W, 7) canonical order, percentile-scaled; masks uint8 (N, H, W)).
 

@@ -57,8 +57,7 @@ def kfold(num_tiles: int, num_folds: int, seed: int) -> np.ndarray:
 
 
 def _stratified(dataset, pool: np.ndarray, num_folds: int, seed: int) -> np.ndarray:
-    _, masks = dataset.load()
-    return assign(masks[pool].mean(axis=(1, 2)), num_folds, seed)
+    return assign(dataset.foreground_fractions(pool), num_folds, seed)
 
 
 def _kfold(dataset, pool: np.ndarray, num_folds: int, seed: int) -> np.ndarray:

@@ -32,7 +32,6 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-from jaxswin.data import io
 from jaxswin.errors import ConfigError, DataError
 
 # Tried in turn on the tile id (file name without Image_/Mask_ and suffix) when no --grid-pattern.
@@ -243,8 +242,7 @@ def plan(dataset, pool: np.ndarray, num_folds: int, seed: int, block_size: int =
             f"data.block_size={block_size}: the {len(pool)} tiles of {dataset.root} fill only "
             f"{blocks.max() + 1} blocks, fewer than data.num_folds={num_folds}; use smaller blocks"
         )
-    # Masks only (the images are not needed here, and are not read when not yet in memory).
-    fractions = np.array([io.read_mask(dataset.samples[i].mask, None).mean() for i in pool])
+    fractions = dataset.foreground_fractions(pool)
     counts = np.bincount(blocks)
     foreground = np.bincount(blocks, weights=fractions)
     block_fold = balance(counts, foreground, num_folds, seed)
