@@ -23,7 +23,8 @@ dense bf16/fp16 tensor peak (KNOWN_PEAKS, or --peak-tflops; n/a on a CPU unless 
 rows use jax's FLOP count of the same model. Each configuration runs in its own process, so JAX's
 and torch's GPU memory pools never share the card and each peak is that configuration's own.
 
-Writes one JSON (default experiments/results/bench-<device>.json) and prints a Markdown table
+Writes one JSON (default experiments/results/bench-<device>.json; on a CPU bench-cpu-<family>.json,
+intel or amd, naming the model and its AVX-512/AMX units) and prints a Markdown table
 and the JAX / PyTorch ratios.
 
 --plan measures nothing: it PLANS the GPU memory of data-parallel training from XLA's memory
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch-modes", default=",".join(TORCH_MODES),
                         help="torch modes: eager (fp32), amp (autocast), compile (default: all)")
     parser.add_argument("--only", choices=["jax", "torch"], help="run one framework only")
-    parser.add_argument("--json", help="output file (default experiments/results/bench-<device>.json)")
+    parser.add_argument("--json", help="output file (default experiments/results/bench-<device>.json, bench-cpu-<family>.json on a CPU)")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak TFLOP/s for MFU (default: KNOWN_PEAKS by device name)")
     parser.add_argument("--plan", action="store_true",
@@ -274,16 +275,30 @@ def bench_torch(args, mode: str) -> dict:
     }
 
 
-def cpu_model() -> str:
+def cpu_field(name: str) -> str:
+    """A field of the first processor in /proc/cpuinfo ("" where there is none)."""
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                "unknown CPU")
+    return next((line.split(":", 1)[1].strip() for line in lines
+                 if line.split(":", 1)[0].strip() == name), "")
+
+
+def cpu_model() -> str:
+    return cpu_field("model name") or "unknown CPU"
+
+
+# The vector and matrix units that decide which kernels a CPU runs fast (the bench names them).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+CPU_FAMILIES = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
 
 
 def device_info(kind: str, platform: str) -> dict:
+    flags = set(cpu_field("flags").split())
     return {"device": kind, "platform": platform, "cpu": cpu_model(),
-            "cpu_count": len(os.sched_getaffinity(0))}
+            "cpu_family": CPU_FAMILIES.get(cpu_field("vendor_id"), "other"),
+            "cpu_features": [f for f in CPU_FEATURES if f in flags],
+            "cpu_count": len(os.sched_getaffinity(0)),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 # ----------------------------------------------------------------------------- --plan
@@ -477,7 +492,8 @@ def markdown(report: dict) -> str:
 
     lines = [
         f"Device: {report['device']} ({report['platform']}; host {report['cpu']}, "
-        f"{report['cpu_count']} cores); "
+        f"{report['cpu_count']} cores, {' '.join(report['cpu_features']) or 'no AVX2'}; "
+        f"XLA_FLAGS '{report['xla_flags']}'); "
         f"model `{report['preset']}` at {report['img_size']}x{report['img_size']}, batch "
         f"{report['batch']}, {report['steps']} timed steps after {report['warmup']}; peak "
         f"{num(report['peak_tflops'], '.0f')} TFLOP/s.",
@@ -527,7 +543,9 @@ def main(argv=None):
     cfg = config_lib.from_args(args)
     report = {
         "device": measured["device"], "platform": measured["platform"],
-        "cpu": measured["cpu"], "cpu_count": measured["cpu_count"], "preset": args.preset,
+        "cpu": measured["cpu"], "cpu_family": measured["cpu_family"],
+        "cpu_features": measured["cpu_features"], "xla_flags": measured["xla_flags"],
+        "cpu_count": measured["cpu_count"], "preset": args.preset,
         "overrides": args.overrides,
         "img_size": cfg.model.img_size, "batch": args.batch, "steps": args.steps,
         "warmup": args.warmup, "peak_tflops": peak_tflops(args, measured["device"]),
@@ -536,7 +554,10 @@ def main(argv=None):
     }
     add_mfu(results, report["peak_tflops"])
     report["ratios"] = ratios(results)
+    # One file per CPU family: figures of one family are never taken for another's.
     slug = re.sub(r"[^a-z0-9]+", "-", measured["device"].lower()).strip("-")
+    if measured["platform"] == "cpu":
+        slug = f"cpu-{measured['cpu_family']}"
     out = Path(args.json or Path(__file__).resolve().parent / "results" / f"bench-{slug}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
