@@ -275,28 +275,18 @@ def bench_torch(args, mode: str) -> dict:
     }
 
 
-def cpu_field(name: str) -> str:
-    """A field of the first processor in /proc/cpuinfo ("" where there is none)."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines
-                 if line.split(":", 1)[0].strip() == name), "")
-
-
 def cpu_model() -> str:
-    return cpu_field("model name") or "unknown CPU"
+    from jaxswin import runtime
 
-
-# The vector and matrix units that decide which kernels a CPU runs fast (the bench names them).
-CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-CPU_FAMILIES = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+    return runtime.cpu_info()["model"]
 
 
 def device_info(kind: str, platform: str) -> dict:
-    flags = set(cpu_field("flags").split())
-    return {"device": kind, "platform": platform, "cpu": cpu_model(),
-            "cpu_family": CPU_FAMILIES.get(cpu_field("vendor_id"), "other"),
-            "cpu_features": [f for f in CPU_FEATURES if f in flags],
+    from jaxswin import runtime
+
+    cpu = runtime.cpu_info()
+    return {"device": kind, "platform": platform, "cpu": cpu["model"],
+            "cpu_family": cpu["family"], "cpu_features": cpu["features"],
             "cpu_count": len(os.sched_getaffinity(0)),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 

@@ -1,9 +1,12 @@
 """Process-wide JAX settings shared by the command-line tools (jaxswin.train, jaxswin.predict):
-the compute precision for the devices at hand and the on-disk compilation cache."""
+the host CPU's description, the compute precision for the devices at hand and the on-disk
+compilation cache."""
 
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -38,3 +41,24 @@ def enable_compilation_cache() -> None:
     program, devices and flags)."""
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+
+
+# The vector and matrix units that decide which kernels run fast on a CPU.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+CPU_FAMILIES = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+
+
+def cpu_info() -> dict:
+    """The host CPU: model name, family ("intel", "amd" or "other") and CPU_FEATURES it has."""
+    fields: dict[str, str] = {}
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+        if not key.strip():  # the first processor's block is enough
+            break
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or platform.processor() or "unknown CPU",
+            "family": CPU_FAMILIES.get(fields.get("vendor_id", ""), "other"),
+            "features": [f for f in CPU_FEATURES if f in flags]}
+
