@@ -275,12 +275,6 @@ def bench_torch(args, mode: str) -> dict:
     }
 
 
-def cpu_model() -> str:
-    from jaxswin import runtime
-
-    return runtime.cpu_info()["model"]
-
-
 def device_info(kind: str, platform: str) -> dict:
     from jaxswin import runtime
 
@@ -362,7 +356,10 @@ def plan_memory(args):
     compiled for per-device batches 1 and 2 gives both, and the plan extrapolates to any batch."""
     import jax
 
+    from jaxswin import runtime
+
     cfg = config_lib.from_args(args)
+    cpu = runtime.cpu_info()["model"]
     counts = [int(n) for n in args.devices.split(",") if n.strip()]
     uneven = [n for n in counts if n < 1 or args.batch % n]
     if uneven:
@@ -372,7 +369,7 @@ def plan_memory(args):
         f"PLANNED, not measured: no GPU was used. Memory per GPU of data-parallel training of "
         f"the `{args.preset}` model ({cfg.model.img_size}x{cfg.model.img_size} tiles), from XLA's "
         f"memory analysis of jaxswin's train step compiled for this machine's CPU "
-        f"({cpu_model()}, {len(os.sched_getaffinity(0))} cores, jax {jax.__version__}).",
+        f"({cpu}, {len(os.sched_getaffinity(0))} cores, jax {jax.__version__}).",
         "XLA's GPU compiler fuses and schedules differently, the CPU compiler keeps some bf16/fp16 "
         "work in f32, and the CUDA context, cuDNN workspaces and allocator slack (~0.5-1 GiB) are "
         "not included: treat the figures as estimates with a margin.",

@@ -61,4 +61,3 @@ def cpu_info() -> dict:
     return {"model": fields.get("model name") or platform.processor() or "unknown CPU",
             "family": CPU_FAMILIES.get(fields.get("vendor_id", ""), "other"),
             "features": [f for f in CPU_FEATURES if f in flags]}
-

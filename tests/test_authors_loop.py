@@ -3,7 +3,6 @@
 same initial weights (via the twin converter), the same fixed batches, no augmentation, no
 dropout, float32, 50 steps across the end of the warm-up."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
