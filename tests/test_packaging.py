@@ -40,7 +40,8 @@ def test_wheel_holds_jaxswin_alone_with_its_presets(wheel):
     top_levels = {name.split("/")[0] for name in names}
     (info,) = [t for t in top_levels if t.endswith(".dist-info")]
     assert top_levels == {"jaxswin", info}
-    assert {"jaxswin/configs/paper.toml", "jaxswin/configs/tiny.toml"} <= set(names)
+    assert {f"jaxswin/configs/{preset}.toml"
+            for preset in ("paper", "tiny", "paper_text", "tiny_text")} <= set(names)
     assert "jaxswin/convert/from_timm.py" in names
     entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     for script in SCRIPTS:

@@ -313,3 +313,27 @@ def test_ema_wins_a_tie_and_the_better_score_wins_otherwise():
     record["raw"]["miou"] = 0.8000001
     assert better_weights(record, ["raw", "ema"]) == "raw"
     assert better_weights({"raw": {"miou": 0.1}}, ["raw"]) == "raw"
+
+
+# The README's recipe table: each switch and the value the paper's text gives it.
+TEXT_SWITCHES = {
+    ("train", "ema_warmup_mean"): False, ("train", "ema_batch_stats"): True,
+    ("train", "warmup_start"): 0.0, ("train", "lr_floor"): 0.0, ("train", "dice"): "batch",
+    ("train", "drop_last"): True, ("data", "folds"): "stratified",
+    ("train", "select_threshold"): 0.51, ("model", "head_dropout"): "element",
+    ("model", "aux_order"): ("thermal", "slope", "dem", "gray"),
+    ("data", "affine_border"): "reflect", ("data", "blur"): "kernel",
+}
+
+
+@pytest.mark.parametrize("code, text", [("paper", "paper_text"), ("tiny", "tiny_text")])
+def test_text_presets_ship_and_differ_from_the_code_only_in_the_switches(code, text):
+    def fields(cfg):
+        return {(section, key): value
+                for section in ("model", "data", "train", "predict")
+                for key, value in vars(getattr(cfg, section)).items()}
+
+    code_fields, text_fields = fields(config_lib.load(code)), fields(config_lib.load(text))
+    differing = {k for k in code_fields if code_fields[k] != text_fields[k]}
+    assert differing == set(TEXT_SWITCHES)
+    assert {k: text_fields[k] for k in TEXT_SWITCHES} == TEXT_SWITCHES
