@@ -2,6 +2,7 @@
 
     python -m experiments.bench [--batch 16] [--steps 20] [--warmup 3] [--precisions fp32,bf16,fp16]
         [--torch-modes eager,amp,compile] [--only jax|torch] [--json OUT] [--peak-tflops X]
+        [--profile STEPS]
     python -m experiments.bench --plan [--batch 16] [--devices 1,8] [--precisions bf16,fp16]
 
 On the device at hand (the first GPU, else the CPU), for the model of --preset (default: the
@@ -22,6 +23,11 @@ in the compiled train step and inference function. MFU = FLOPs per tile x tiles/
 dense bf16/fp16 tensor peak (KNOWN_PEAKS, or --peak-tflops; n/a on a CPU unless given); the torch
 rows use jax's FLOP count of the same model. Each configuration runs in its own process, so JAX's
 and torch's GPU memory pools never share the card and each peak is that configuration's own.
+
+--profile STEPS adds, per configuration, where the time of a train step and of an inference
+call goes, op class by op class (attention matmuls, Log-CPB, layer norms, 3x3 convolutions and
+their backward, resizes, ...): XLA's profiler for jax, torch.profiler for the twin, classified
+alike (experiments/op_profile.py); the report prints them side by side.
 
 Writes one JSON (default experiments/results/bench-<device>.json; on a CPU bench-cpu-<family>.json,
 intel or amd, naming the model and its AVX-512/AMX units) and prints a Markdown table
@@ -50,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from experiments import op_profile
 from jaxswin import config as config_lib
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, by a name found in the device kind; the first
@@ -89,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "of the step compiled for this CPU) instead of measuring speed")
     parser.add_argument("--devices", default="1,8",
                         help="--plan: GPU counts the global --batch is split over (default 1,8)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile STEPS train steps and inference calls of each "
+                             "configuration by op class (experiments/op_profile.py; not with "
+                             "torch compile)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, run in a subprocess
     return parser
 
@@ -177,7 +188,7 @@ def bench_jax(args, precision: str) -> dict:
         peak, source = stats["peak_bytes_in_use"], "jax memory_stats peak_bytes_in_use"
     else:
         peak, source = peak_rss_bytes(), "process peak RSS"
-    return {
+    result = {
         "framework": "jax", "mode": precision, "precision": precision,
         "train_tiles_s": args.batch / per_step,
         "infer_tiles_s": args.batch / per_infer,
@@ -190,6 +201,16 @@ def bench_jax(args, precision: str) -> dict:
         **device_info(device.device_kind, device.platform),
         "versions": {"jax": jax.__version__},
     }
+    if args.profile:  # inference first: the train steps donate the weights it reads
+        root = type(module).__name__
+        infer_ops = op_profile.jax_op_times(
+            compiled_infer,
+            lambda: jax.block_until_ready(compiled_infer(inference_vars, batch["rgb"], batch["aux"])),
+            args.profile, root)
+        train_ops = op_profile.jax_op_times(
+            compiled_step, lambda: jax.block_until_ready(train_once()), args.profile, root)
+        result["op_ms"] = {"train": train_ops, "infer": infer_ops}
+    return result
 
 
 # ----------------------------------------------------------------------------- torch
@@ -263,7 +284,7 @@ def bench_torch(args, mode: str) -> dict:
         kind = torch.cuda.get_device_name()
     else:
         peak, source, kind = peak_rss_bytes(), "process peak RSS", "cpu"
-    return {
+    result = {
         "framework": "torch", "mode": mode, "precision": precision,
         "train_tiles_s": args.batch / per_step,
         "infer_tiles_s": args.batch / per_infer,
@@ -273,6 +294,13 @@ def bench_torch(args, mode: str) -> dict:
         **device_info(kind, device.type),
         "versions": {"torch": torch.__version__},
     }
+    if args.profile and mode != "compile":  # hooks on a compiled model would recompile it
+        model.train()
+        train_ops = op_profile.torch_op_times(model, train_once, args.profile)
+        model.eval()
+        result["op_ms"] = {"train": train_ops,
+                           "infer": op_profile.torch_op_times(model, infer_once, args.profile)}
+    return result
 
 
 def device_info(kind: str, platform: str) -> dict:
@@ -504,6 +532,9 @@ def markdown(report: dict) -> str:
     memory = sorted({r["memory_source"] for r in report["results"] if "memory_source" in r})
     lines += ["", f"Peak memory: {'; '.join(memory)}.", "", "JAX / PyTorch (tiles/s ratio):"]
     lines += [f"- {name}: {value:.2f}x" for name, value in report["ratios"].items()]
+    for phase in ("train", "infer"):
+        table = op_profile.markdown(report["results"], phase)
+        lines += ["", *table] if table else []
     return "\n".join(lines) + "\n"
 
 

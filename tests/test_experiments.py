@@ -296,8 +296,11 @@ def test_bench_counts_the_models_flops_and_prints_ratios(tmp_path):
 
     out = tmp_path / "bench.json"
     proc = cli("experiments.bench", "--preset", "tiny", "--batch", "2", "--steps", "1",
-               "--warmup", "1", "--precisions", "fp32", "--torch-modes", "eager", "--json", str(out))
+               "--warmup", "1", "--precisions", "fp32", "--torch-modes", "eager", "--json", str(out),
+               "--profile", "1")
     assert "train: jax fp32 / torch eager:" in proc.stdout
+    assert "| train ms per step, by op class | jax fp32 fwd | jax fp32 bwd | torch eager fwd" \
+        in proc.stdout
     report = json.loads(out.read_text())
     jax_row, torch_row = report["results"]
     assert (jax_row["framework"], torch_row["framework"]) == ("jax", "torch")
@@ -306,6 +309,12 @@ def test_bench_counts_the_models_flops_and_prints_ratios(tmp_path):
     assert report["ratios"]["train: jax fp32 / torch eager"] == pytest.approx(
         jax_row["train_tiles_s"] / torch_row["train_tiles_s"])
     assert jax_row["train_mfu"] is None  # a CPU has no known peak
+    for row in report["results"]:  # --profile: each framework's time by op class
+        train, infer = row["op_ms"]["train"], row["op_ms"]["infer"]
+        for name in ("attention matmuls (q·kᵀ, attn·v)", "Log-CPB (bias MLP, gather, sigmoid)",
+                     "layer norms", "3×3 convolutions", "bilinear resizes"):
+            assert train[name]["forward"] > 0 and train[name]["backward"] > 0, name
+            assert infer[name]["forward"] > 0 and "backward" not in infer[name], name
 
     model = torch_twin.DualSwinFusionSeg.from_config(config_lib.load("tiny").model)
     inputs = torch.randn(2, 3, 128, 128), torch.randn(2, 4, 128, 128)

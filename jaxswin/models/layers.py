@@ -46,7 +46,8 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Resizes NHWC maps to `size` like torch's F.interpolate(bilinear, align_corners=False)."""
     if x.shape[1:3] == tuple(size):
         return x
-    return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear", antialias=False)
+    with jax.named_scope("resize_bilinear"):  # names its ops in profiles (experiments.op_profile)
+        return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear", antialias=False)
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
