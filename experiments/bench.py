@@ -307,7 +307,7 @@ def device_info(kind: str, platform: str) -> dict:
     from jaxswin import runtime
 
     cpu = runtime.cpu_info()
-    return {"device": kind, "platform": platform, "cpu": cpu["model"],
+    return {"device": kind, "platform": platform, "cpu": cpu["model"], "cpuid": cpu["cpuid"],
             "cpu_family": cpu["family"], "cpu_features": cpu["features"],
             "cpu_count": len(os.sched_getaffinity(0)),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
@@ -506,7 +506,8 @@ def markdown(report: dict) -> str:
         return "n/a" if value is None else format(value, fmt)
 
     lines = [
-        f"Device: {report['device']} ({report['platform']}; host {report['cpu']}, "
+        f"Device: {report['device']} ({report['platform']}; host {report['cpu']} "
+        f"({report['cpuid']}), "
         f"{report['cpu_count']} cores, {' '.join(report['cpu_features']) or 'no AVX2'}; "
         f"XLA_FLAGS '{report['xla_flags']}'); "
         f"model `{report['preset']}` at {report['img_size']}x{report['img_size']}, batch "
@@ -561,7 +562,7 @@ def main(argv=None):
     cfg = config_lib.from_args(args)
     report = {
         "device": measured["device"], "platform": measured["platform"],
-        "cpu": measured["cpu"], "cpu_family": measured["cpu_family"],
+        "cpu": measured["cpu"], "cpuid": measured["cpuid"], "cpu_family": measured["cpu_family"],
         "cpu_features": measured["cpu_features"], "xla_flags": measured["xla_flags"],
         "cpu_count": measured["cpu_count"], "preset": args.preset,
         "overrides": args.overrides,

@@ -19,7 +19,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from jaxswin import config, inference, models, weights
+from jaxswin import config, inference, models, runtime, weights
 from jaxswin.data import bands, normalize
 
 MARS_EQC = "+proj=eqc +lat_ts=0 +lon_0=0 +x_0=0 +y_0=0 +R=3396190 +units=m +no_defs"
@@ -113,10 +112,8 @@ def load_average() -> str:
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return platform.processor()
+    cpu = runtime.cpu_info()
+    return f"{cpu['model']} ({cpu['cpuid']}; {' '.join(cpu['features'])}), {os.cpu_count()} cores"
 
 
 def main(argv=None):

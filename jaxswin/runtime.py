@@ -49,7 +49,8 @@ CPU_FAMILIES = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
 
 
 def cpu_info() -> dict:
-    """The host CPU: model name, family ("intel", "amd" or "other") and CPU_FEATURES it has."""
+    """The host CPU: model name, family ("intel", "amd" or "other"), its cpuid family and model
+    numbers (a VM's model name often hides the generation: "AMD EPYC") and CPU_FEATURES it has."""
     fields: dict[str, str] = {}
     info = Path("/proc/cpuinfo")
     for line in info.read_text().splitlines() if info.exists() else []:
@@ -60,4 +61,5 @@ def cpu_info() -> dict:
     flags = set(fields.get("flags", "").split())
     return {"model": fields.get("model name") or platform.processor() or "unknown CPU",
             "family": CPU_FAMILIES.get(fields.get("vendor_id", ""), "other"),
+            "cpuid": f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}",
             "features": [f for f in CPU_FEATURES if f in flags]}
