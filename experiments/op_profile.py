@@ -7,7 +7,8 @@ thing:
 - jaxswin: XLA's profiler times each executed HLO instruction (a fusion, a dot, a convolution ...);
   its metadata names the Flax module path and the JAX primitive (Flax puts module names in the
   name stack). A fusion is named by the dot or convolution inside it, else by its own op. Ops
-  under `transpose(...)` are the backward pass.
+  under `transpose(...)` are the backward pass. Ops XLA makes without metadata (some layout
+  copies and custom fusions) are counted as unattributed, not guessed.
 - torch: forward hooks wrap every module in a profiler range; an aten op belongs to the innermost
   module around it, and is named by the outermost aten call under that module (aten::linear, not
   the addmm inside). A backward op is traced to its forward op through the autograd node's
