@@ -269,16 +269,15 @@ def torch_op_times(model, run, steps: int) -> dict:
         for handle in handles:
             handle.remove()
     events = list(prof.events())
+    backward_nodes = [_under_backward(event) for event in events]
     forward_by_sequence = {}
-    for event in events:
-        if event.sequence_nr >= 0 and not event.name.startswith(BACKWARD_NODE) and \
-                not _under_backward(event):
+    for event, node in zip(events, backward_nodes):
+        if event.sequence_nr >= 0 and node is None:
             forward_by_sequence.setdefault(event.sequence_nr, event)
     times = collections.Counter()
-    for event in events:
+    for event, node in zip(events, backward_nodes):
         if event.self_cpu_time_total <= 0:
             continue
-        node = _under_backward(event)
         if node is None:
             site, direction = torch_site(event), "forward"
         else:
