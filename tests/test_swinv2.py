@@ -4,6 +4,7 @@ Full-size parity (SwinV2-T/S, converted with the CLI) is in test_convert.py.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +119,19 @@ def test_nano_matches_timm(perturb_timm, img_size, in_chans, pretrained_window_s
     maps = jax.jit(module.apply)(variables, images)
     for got, want in zip(maps, expected):
         assert rel_l2(got, want.permute(0, 2, 3, 1).numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_gelu_is_the_exact_gelu_with_its_derivative(dtype, tol):
+    x = np.random.default_rng().normal(0, 3, 4096)
+    x = np.asarray(jnp.asarray(x, dtype), np.float64)  # the inputs as the dtype holds them
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    got = swinv2.gelu(jnp.asarray(x, dtype))
+    slope = jax.vmap(jax.grad(swinv2.gelu))(jnp.asarray(x, dtype))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float64), x * cdf, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(slope, np.float64), cdf + x * pdf, rtol=tol, atol=tol)
 
 
 def test_timm_to_flax_skips_buffers_head_and_final_norm():

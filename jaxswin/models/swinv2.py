@@ -190,6 +190,13 @@ class WindowAttention(nn.Module):
         return dense(self.dim, name="proj")(out)
 
 
+def gelu(x):
+    """The exact GELU, x * Phi(x), written with erf as torch computes it: XLA:CPU evaluates erf
+    several times faster than the erfc of flax's gelu(approximate=False); same values to float
+    rounding."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 class Mlp(nn.Module):
     hidden: int
     dtype: jnp.dtype = jnp.float32
@@ -197,7 +204,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=dense_init)
-        y = nn.gelu(dense(self.hidden, name="fc1")(x), approximate=False)
+        y = gelu(dense(self.hidden, name="fc1")(x))
         return dense(x.shape[-1], name="fc2")(y)
 
 
