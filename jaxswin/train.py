@@ -37,6 +37,7 @@ from jaxswin import console, losses, metrics, models, parallel, resilience, runt
 from jaxswin import data as data_lib
 from jaxswin.data.dataset import cache_dir
 from jaxswin.errors import ConfigError, UserError, cli
+from jaxswin.models import swinv2
 
 log = logging.getLogger("jaxswin.train")
 
@@ -479,7 +480,7 @@ def initial_state(cfg: config_lib.Config, precision: str, steps_per_epoch: int, 
     variables = models.init(module, cfg.model, key)
     if pretrained:
         variables = models.load_pretrained(variables, cfg.model, pretrained)
-    elif cfg.model.encoder != "swinv2_nano":
+    elif cfg.model.encoder not in swinv2.NOT_IN_TIMM:
         log.warning("no --pretrained weights: both encoders start from RANDOM weights. The paper "
                     "fine-tunes ImageNet SwinV2 weights; convert them with jaxswin-convert timm "
                     "and pass --pretrained FILE.")

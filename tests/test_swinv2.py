@@ -22,16 +22,16 @@ def rel_l2(actual, expected):
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
 
-def timm_nano(img_size, in_chans=3, pretrained_window_sizes=(0, 0, 0, 0)):
+def timm_nano(img_size, in_chans=3, pretrained_window_sizes=(0, 0, 0, 0), config=NANO):
     from timm.models.swin_transformer_v2 import SwinTransformerV2
 
     return SwinTransformerV2(
         img_size=img_size,
         in_chans=in_chans,
-        embed_dim=NANO.embed_dim,
-        depths=NANO.depths,
-        num_heads=NANO.num_heads,
-        window_size=NANO.window_size,
+        embed_dim=config.embed_dim,
+        depths=config.depths,
+        num_heads=config.num_heads,
+        window_size=config.window_size,
         pretrained_window_sizes=pretrained_window_sizes,
     ).eval()
 
@@ -94,25 +94,28 @@ def test_windows_shifts_tables_and_masks_match_timm(img_size):
 
 
 @pytest.mark.parametrize(
-    "img_size, in_chans, pretrained_window_sizes",
+    "encoder, img_size, in_chans, pretrained_window_sizes",
     [
         # 72: maps 18/9/5/3, so windows are padded, PatchMerging pads odd maps, 2 stages clipped.
-        (72, 3, (0, 0, 0, 0)),
+        ("swinv2_nano", 72, 3, (0, 0, 0, 0)),
         # Log-CPB scaled by pre-training windows other than the window in use.
-        (128, 2, (4, 6, 8, 2)),
+        ("swinv2_nano", 128, 2, (4, 6, 8, 2)),
+        # Six blocks in stage 3: shifted and unshifted blocks alternate past the second.
+        ("swinv2_nano_deep", 64, 4, (0, 0, 0, 0)),
     ],
 )
-def test_nano_matches_timm(perturb_timm, img_size, in_chans, pretrained_window_sizes):
+def test_nano_matches_timm(perturb_timm, encoder, img_size, in_chans, pretrained_window_sizes):
     pytest.importorskip("timm")
     import torch
 
-    model = perturb_timm(timm_nano(img_size, in_chans, pretrained_window_sizes), seed=img_size)
+    config = dataclasses.replace(CONFIGS[encoder], pretrained_window_sizes=pretrained_window_sizes)
+    model = perturb_timm(timm_nano(img_size, in_chans, pretrained_window_sizes, config),
+                         seed=img_size)
     images = np.random.default_rng().standard_normal((2, img_size, img_size, in_chans), np.float32)
     with torch.no_grad():
         expected = model.forward_intermediates(
             torch.from_numpy(images).permute(0, 3, 1, 2), intermediates_only=True
         )
-    config = dataclasses.replace(NANO, pretrained_window_sizes=pretrained_window_sizes)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     variables = swinv2.timm_to_flax(state, config, in_chans)
     module = SwinV2(config, in_chans=in_chans, img_size=img_size)

@@ -35,7 +35,7 @@ DESCRIPTION = "Convert timm SwinV2 weights to a jaxswin Flax .safetensors file."
 
 
 def timm_models() -> list[str]:
-    return [name for name in swinv2.CONFIGS if name != "swinv2_nano"]
+    return [name for name in swinv2.CONFIGS if name not in swinv2.NOT_IN_TIMM]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,9 +61,12 @@ CONFIGS: dict[str, SwinV2Config] = {
     "swinv2_small_window16_256": SwinV2Config(96, (2, 2, 18, 2), (3, 6, 12, 24), 16),
     "swinv2_base_window8_256": SwinV2Config(128, (2, 2, 18, 2), (4, 8, 16, 32), 8),
     "swinv2_base_window16_256": SwinV2Config(128, (2, 2, 18, 2), (4, 8, 16, 32), 16),
-    # Not a timm model: the smallest net with every feature (shifts, clipping), for tests.
+    # Not timm models (no pretrained weights): the smallest net with every feature (shifts,
+    # clipping), for tests and CPU runs, and the same width at SwinV2-T's depths.
     "swinv2_nano": SwinV2Config(32, (2, 2, 2, 2), (1, 2, 4, 8), 8),
+    "swinv2_nano_deep": SwinV2Config(32, (2, 2, 6, 2), (1, 2, 4, 8), 8),
 }
+NOT_IN_TIMM = ("swinv2_nano", "swinv2_nano_deep")
 
 
 def feature_channels(config: SwinV2Config) -> tuple[int, ...]:
