@@ -28,6 +28,8 @@ import re
 import tempfile
 from dataclasses import dataclass
 
+from jaxswin.models.layers import RESIZE_SCOPE  # bilinear resizes (torch: the aten op)
+
 CLASSES = (
     "attention matmuls (q·kᵀ, attn·v)",
     "linear layers (qkv, proj, MLP, merging)",
@@ -44,7 +46,6 @@ CLASSES = (
     "unattributed (ops XLA made without source metadata)",
 )
 DIRECTIONS = ("forward", "backward")
-RESIZE_SCOPE = "resize_bilinear"  # jaxswin's name scope of bilinear resizes (torch: the aten op)
 DOT_OPS = {"dot_general", "aten::linear", "aten::matmul", "aten::bmm", "aten::mm", "aten::addmm",
            "aten::einsum"}
 LINEAR_OPS = {"aten::linear", "aten::addmm", "aten::mm"}

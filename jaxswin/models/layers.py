@@ -42,11 +42,14 @@ class ConvBNReLU(nn.Module):
         return nn.relu(x)
 
 
+RESIZE_SCOPE = "resize_bilinear"  # names the resizes' ops in profiles (experiments.op_profile)
+
+
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Resizes NHWC maps to `size` like torch's F.interpolate(bilinear, align_corners=False)."""
     if x.shape[1:3] == tuple(size):
         return x
-    with jax.named_scope("resize_bilinear"):  # names its ops in profiles (experiments.op_profile)
+    with jax.named_scope(RESIZE_SCOPE):
         return jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "bilinear", antialias=False)
 
 
