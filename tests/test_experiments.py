@@ -339,3 +339,31 @@ def test_bench_peak_is_the_devices_own(device, peak):
     assert bench.peak_tflops(args, device) == peak
     args = bench.build_parser().parse_args(["--peak-tflops", "500"])
     assert bench.peak_tflops(args, device) == 500.0
+
+
+
+def test_bench_matmul_prints_each_frameworks_rate_with_the_cpu(monkeypatch):
+    """bench_matmul: the CPU and XLA flags named, and each framework and precision's rate
+    computed as 2n³ over the matmul's median time."""
+    import importlib.util
+
+    from experiments import bench_matmul
+
+    calls = []
+
+    def fake_median(call, repeats):  # runs the matmul once, and says it took 2n³ / 123 GFLOP
+        calls.append(repeats)
+        call()
+        return 2 * 64**3 / 123e9
+
+    monkeypatch.setattr(bench_matmul, "median_seconds", fake_median)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=false")
+    lines = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert bench_matmul.main(["--size", "64", "--repeats", "3"]) == 0
+    assert "XLA_FLAGS '--xla_cpu_use_onednn=false'" in lines[0] and "64² matmul" in lines[0]
+    expected = ["xla fp32: 123", "xla bf16: 123"]
+    if importlib.util.find_spec("torch"):
+        expected += ["torch fp32: 123", "torch bf16: 123"]
+    assert lines[1:] == expected
+    assert calls == [3] * len(expected)
