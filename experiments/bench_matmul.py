@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -23,17 +21,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import jax
 import jax.numpy as jnp
 
+from experiments.bench import timed
 from jaxswin import runtime
-
-
-def median_seconds(call, repeats: int) -> float:
-    call()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def xla_rates(size: int, repeats: int) -> dict[str, float]:
@@ -41,7 +30,7 @@ def xla_rates(size: int, repeats: int) -> dict[str, float]:
     for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
         a, b = (jax.random.normal(jax.random.key(i), (size, size), dtype) for i in (0, 1))
         matmul = jax.jit(jnp.dot)
-        seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+        _, seconds = timed(lambda: matmul(a, b), 1, repeats, jax.block_until_ready)
         rates[name] = 2 * size**3 / seconds / 1e9
     return rates
 
@@ -54,7 +43,8 @@ def torch_rates(size: int, repeats: int) -> dict[str, float]:
     rates = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-        rates[name] = 2 * size**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+        _, seconds = timed(lambda: a @ b, 1, repeats, lambda result: result)
+        rates[name] = 2 * size**3 / seconds / 1e9
     return rates
 
 

@@ -351,12 +351,12 @@ def test_bench_matmul_prints_each_frameworks_rate_with_the_cpu(monkeypatch):
 
     calls = []
 
-    def fake_median(call, repeats):  # runs the matmul once, and says it took 2n³ / 123 GFLOP
-        calls.append(repeats)
-        call()
-        return 2 * 64**3 / 123e9
+    def fake_timed(step, warmup, steps, sync):  # runs the matmul once; it took 2n³ / 123 GFLOP
+        calls.append(steps)
+        sync(step())
+        return 1.0, 2 * 64**3 / 123e9
 
-    monkeypatch.setattr(bench_matmul, "median_seconds", fake_median)
+    monkeypatch.setattr(bench_matmul, "timed", fake_timed)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=false")
     lines = []
     monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
