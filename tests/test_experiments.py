@@ -341,7 +341,6 @@ def test_bench_peak_is_the_devices_own(device, peak):
     assert bench.peak_tflops(args, device) == 500.0
 
 
-
 def test_bench_matmul_prints_each_frameworks_rate_with_the_cpu(monkeypatch):
     """bench_matmul: the CPU and XLA flags named, and each framework and precision's rate
     computed as 2n³ over the matmul's median time."""

@@ -22,7 +22,7 @@ def rel_l2(actual, expected):
     return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
 
 
-def timm_nano(img_size, in_chans=3, pretrained_window_sizes=(0, 0, 0, 0), config=NANO):
+def timm_nano(img_size, in_chans=3, config=NANO):
     from timm.models.swin_transformer_v2 import SwinTransformerV2
 
     return SwinTransformerV2(
@@ -32,7 +32,7 @@ def timm_nano(img_size, in_chans=3, pretrained_window_sizes=(0, 0, 0, 0), config
         depths=config.depths,
         num_heads=config.num_heads,
         window_size=config.window_size,
-        pretrained_window_sizes=pretrained_window_sizes,
+        pretrained_window_sizes=config.pretrained_window_sizes,
     ).eval()
 
 
@@ -67,7 +67,8 @@ def test_feature_maps_have_swin_strides_and_channels():
 @pytest.mark.parametrize("img_size", [64, 72, 128, 256])
 def test_windows_shifts_tables_and_masks_match_timm(img_size):
     pytest.importorskip("timm")
-    model = timm_nano(img_size, pretrained_window_sizes=(4, 8, 8, 2))
+    model = timm_nano(
+        img_size, config=dataclasses.replace(NANO, pretrained_window_sizes=(4, 8, 8, 2)))
     sides = swinv2.stage_resolutions(NANO, img_size)
     for stage, side, pretrained in zip(model.layers, sides, (4, 8, 8, 2)):
         window, shift = swinv2.window_and_shift(side, NANO.window_size)
@@ -109,8 +110,7 @@ def test_nano_matches_timm(perturb_timm, encoder, img_size, in_chans, pretrained
     import torch
 
     config = dataclasses.replace(CONFIGS[encoder], pretrained_window_sizes=pretrained_window_sizes)
-    model = perturb_timm(timm_nano(img_size, in_chans, pretrained_window_sizes, config),
-                         seed=img_size)
+    model = perturb_timm(timm_nano(img_size, in_chans, config), seed=img_size)
     images = np.random.default_rng().standard_normal((2, img_size, img_size, in_chans), np.float32)
     with torch.no_grad():
         expected = model.forward_intermediates(
