@@ -28,6 +28,15 @@ class ToySegmenter(nn.Module):
         return nn.Conv(1, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class KinkedSegmenter(ToySegmenter):
+    """The toy model plus 0·sqrt(k) at k = 0: the loss stays finite, k's gradient is NaN."""
+
+    @nn.compact
+    def __call__(self, rgb, aux, train: bool = False):
+        kink = self.param("kink", nn.initializers.zeros, ())
+        return super().__call__(rgb, aux, train) + 0.0 * jnp.sqrt(kink)
+
+
 def toy_batch(rng, batch=4, size=16):
     rgb = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
     aux = rng.normal(size=(batch, size, size, 4)).astype(np.float32)
@@ -35,8 +44,8 @@ def toy_batch(rng, batch=4, size=16):
     return {"rgb": rgb, "aux": aux, "mask": mask}
 
 
-def toy_state(tcfg, precision="fp32", steps_per_epoch=5, seed=0):
-    module = ToySegmenter(dtype=jnp.float16 if precision == "fp16" else jnp.float32)
+def toy_state(tcfg, precision="fp32", steps_per_epoch=5, seed=0, model=ToySegmenter):
+    module = model(dtype=jnp.float16 if precision == "fp16" else jnp.float32)
     batch = toy_batch(np.random.default_rng(seed))
     variables = module.init(jax.random.key(seed), batch["rgb"], batch["aux"])
     return create_state(module, variables, tcfg, steps_per_epoch, precision)
@@ -181,6 +190,22 @@ def test_nan_batch_is_reported_and_changes_nothing(precision):
     state, out = step(state, toy_batch(rng), jnp.float32(1.0), key)
     assert bool(out["finite"])
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params))
+
+
+def test_a_nonfinite_gradient_under_a_finite_loss_changes_nothing_but_the_step():
+    tcfg = config_lib.TrainConfig(ema_decay=0.5)
+    state = toy_state(tcfg, model=KinkedSegmenter)
+    before = jax.device_get(state)
+    state, out = make_step(tcfg)(state, toy_batch(np.random.default_rng(8)), jnp.float32(1.0),
+                                 jax.random.key(0))
+    assert math.isfinite(float(out["loss"])) and math.isnan(float(out["grad_norm"]))
+    assert not bool(out["finite"]) and bool(out["nonfinite"])
+    after = jax.device_get(state)
+    for name in ("params", "opt_state", "batch_stats", "ema_params", "ema_batch_stats"):
+        for got, want in zip(jax.tree.leaves(getattr(after, name)),
+                             jax.tree.leaves(getattr(before, name))):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert int(after.step) == int(before.step) + 1
 
 
 def test_fp16_overflow_is_a_scale_event_not_divergence_until_the_scale_bottoms_out():
