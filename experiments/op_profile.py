@@ -110,6 +110,7 @@ class Instruction:
     window: int | None
     calls: list[str]
     operands: list[str]
+    kernel_out: int | None = None  # a convolution's output height, the kernel's in a weight gradient
 
 
 def parse_hlo(text: str) -> tuple[str, dict[str, Instruction], dict[str, list[str]]]:
@@ -128,9 +129,19 @@ def parse_hlo(text: str) -> tuple[str, dict[str, Instruction], dict[str, list[st
         window = re.search(r"window=\{size=(\d+)x", line)
         instructions[name] = Instruction(
             opcode, op_name.group(1) if op_name else "", int(window.group(1)) if window else None,
-            re.findall(r"calls=%?([\w.\-]+)", line), re.findall(r"%([\w.\-]+)", operands))
+            re.findall(r"calls=%?([\w.\-]+)", line), re.findall(r"%([\w.\-]+)", operands),
+            output_height(line) if opcode == "convolution" else None)
         current.append(name)
     return module, instructions, computations
+
+
+def output_height(line: str) -> int | None:
+    """The size of a convolution's first spatial output dimension ('0' in dim_labels ...->b01f)."""
+    shape = re.search(r"= \w+\[([\d,]*)\]", line)
+    labels = re.search(r"dim_labels=\w+_\w+->(\w+)", line)
+    if not (shape and labels and "0" in labels.group(1)):
+        return None
+    return int(shape.group(1).split(",")[labels.group(1).index("0")])
 
 
 def jax_site(op_name: str, root: str, opcode: str, kernel: int | None) -> tuple[Site, str]:
@@ -154,7 +165,8 @@ def jax_sites(hlo_text: str, root: str) -> tuple[str, dict[str, tuple[Site, str]
 
     A fusion is the convolution or dot inside it, else itself. XLA leaves some ops it makes
     without metadata: a copy of a parameter (an optimizer-state layout copy) is named by the
-    parameter, so it falls outside the model; the others stay unattributed rather than guessed.
+    parameter, so it falls outside the model; a convolution without metadata is a weight
+    gradient, classed by the kernel it outputs; the others stay unattributed rather than guessed.
     Every op of a convolution (the kernel flips and pads around the backward's) takes the kernel
     of its module's forward convolution: the weight gradient's own window is the map."""
     module, instructions, computations = parse_hlo(hlo_text)
@@ -179,7 +191,13 @@ def jax_sites(hlo_text: str, root: str) -> tuple[str, dict[str, tuple[Site, str]
         core = next((instructions[m] for kind in KIND_OF_OPCODE for m in inner
                      if instructions[m].opcode == kind), inst)
         kernel = core.window if core.opcode == "convolution" else None
-        sites[name] = jax_site(core.op_name or op_name(name), root, core.opcode, kernel)
+        source = core.op_name or op_name(name)
+        if core.opcode == "convolution" and not source:
+            # XLA's rewrite of a weight gradient into a convolution over the whole map drops the
+            # metadata; its output is the kernel (Cin, kh, kw, Cout). Class by that, no module.
+            sites[name] = (Site((), KIND_OF_OPCODE["convolution"], core.kernel_out), "backward")
+            continue
+        sites[name] = jax_site(source, root, core.opcode, kernel)
     forward_kernel = {site.path: site.kernel for site, direction in sites.values()
                       if site.kernel is not None and direction == "forward"}
     for name, (site, direction) in sites.items():

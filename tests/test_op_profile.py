@@ -90,6 +90,32 @@ def test_jax_ops_are_classified_by_module_and_direction():
     assert set(times) <= set(CLASSES)
 
 
+# A weight gradient as XLA leaves it in the paper model's train step: the input and the output
+# gradient transposed, convolved over the whole 32x32 map, no source metadata anywhere.
+WEIGHT_GRADIENT_HLO = """HloModule jit_train_step, entry_computation_layout={()->f32[768,3,3,256]{3,2,1,0}}
+
+%fused_computation.861 (param_0.1: f32[768,32,32,8], param_1.1: f32[32,32,8,256]) -> f32[768,3,3,256] {
+  %param_0.1 = f32[768,32,32,8]{3,2,1,0} parameter(0)
+  %param_1.1 = f32[32,32,8,256]{3,2,1,0} parameter(1)
+  ROOT %convolution.62 = f32[768,3,3,256]{3,2,1,0} convolution(%param_0.1, %param_1.1), window={size=32x32 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+ENTRY %main.1 (x: f32[768,32,32,8], dy: f32[32,32,8,256]) -> f32[768,3,3,256] {
+  %x = f32[768,32,32,8]{3,2,1,0} parameter(0)
+  %dy = f32[32,32,8,256]{3,2,1,0} parameter(1)
+  ROOT %ynn_fusion.861 = f32[768,3,3,256]{3,2,1,0} fusion(%x, %dy), kind=kCustom, calls=%fused_computation.861, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+}
+"""
+
+
+@pytest.mark.parametrize("kernel, expected", [(3, CONV3), (1, CONV1)])
+def test_a_weight_gradient_without_metadata_is_classed_by_the_kernel_it_outputs(kernel, expected):
+    text = WEIGHT_GRADIENT_HLO.replace("768,3,3,256", f"768,{kernel},{kernel},256")
+    _, sites = op_profile.jax_sites(text, "DualSwinFusionSeg")
+    site, direction = sites["ynn_fusion.861"]
+    assert (op_class(site), direction, site.kernel) == (expected, "backward", kernel)
+
+
 def test_torch_backward_ops_are_traced_to_their_forward_module():
     torch = pytest.importorskip("torch")
     from torch import nn
