@@ -167,6 +167,15 @@ def poisoned(batch, where="rgb"):
     return batch
 
 
+def assert_untouched(after, before):
+    """Params, optimiser moments and count, BN statistics, EMA and loss scale: all as before."""
+    for name in ("params", "opt_state", "batch_stats", "ema_params", "ema_batch_stats",
+                 "dynamic_scale"):
+        for got, want in zip(jax.tree.leaves(getattr(after, name)),
+                             jax.tree.leaves(getattr(before, name))):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_nan_batch_is_reported_and_changes_nothing(precision):
     tcfg = config_lib.TrainConfig(ema_decay=0.5)
@@ -179,12 +188,7 @@ def test_nan_batch_is_reported_and_changes_nothing(precision):
     state, out = step(state, poisoned(toy_batch(rng)), jnp.float32(1.0), key)
     assert not bool(out["finite"]) and bool(out["nonfinite"])
     after = jax.device_get(state)
-    # Params, optimiser moments and count, BN statistics, EMA and loss scale: all as before.
-    for name in ("params", "opt_state", "batch_stats", "ema_params", "ema_batch_stats",
-                 "dynamic_scale"):
-        for got, want in zip(jax.tree.leaves(getattr(after, name)),
-                             jax.tree.leaves(getattr(before, name))):
-            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert_untouched(after, before)
     assert int(after.step) == int(before.step) + 1  # the data and dropout stream move on
     # The next clean batch trains again from the untouched state.
     state, out = step(state, toy_batch(rng), jnp.float32(1.0), key)
@@ -201,10 +205,7 @@ def test_a_nonfinite_gradient_under_a_finite_loss_changes_nothing_but_the_step()
     assert math.isfinite(float(out["loss"])) and math.isnan(float(out["grad_norm"]))
     assert not bool(out["finite"]) and bool(out["nonfinite"])
     after = jax.device_get(state)
-    for name in ("params", "opt_state", "batch_stats", "ema_params", "ema_batch_stats"):
-        for got, want in zip(jax.tree.leaves(getattr(after, name)),
-                             jax.tree.leaves(getattr(before, name))):
-            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert_untouched(after, before)
     assert int(after.step) == int(before.step) + 1
 
 
