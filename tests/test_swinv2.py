@@ -137,6 +137,28 @@ def test_gelu_is_the_exact_gelu_with_its_derivative(dtype, tol):
     np.testing.assert_allclose(np.asarray(slope, np.float64), cdf + x * pdf, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("offset", [0.0, 100.0])  # a large mean and small spread: DEM metres
+def test_layer_norm_and_its_hand_written_gradient_match_torch(dtype, tol, offset):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng()
+    x = np.asarray(jnp.asarray(offset + rng.normal(0, 0.5, (3, 5, 5, 48)), dtype), np.float64)
+    scale, bias, dy = rng.normal(size=48), rng.normal(size=48), rng.normal(size=x.shape)
+    ln = swinv2.LayerNorm(dtype=dtype)
+    variables = {"params": {"scale": jnp.asarray(scale, jnp.float32),
+                            "bias": jnp.asarray(bias, jnp.float32)}}
+    y, vjp = jax.vjp(lambda v, x: ln.apply(v, x), variables, jnp.asarray(x, dtype))
+    grads, dx = vjp(jnp.asarray(dy, dtype))
+
+    tx, ts, tb = (torch.tensor(a, requires_grad=True) for a in (x, scale, bias))
+    ty = torch.nn.functional.layer_norm(tx, (48,), ts, tb, eps=1e-5)  # float64
+    ty.backward(torch.tensor(dy))
+    assert y.dtype == dx.dtype == dtype and grads["params"]["scale"].dtype == jnp.float32
+    for got, want in [(y, ty), (dx, tx.grad), (grads["params"]["scale"], ts.grad),
+                      (grads["params"]["bias"], tb.grad)]:
+        assert rel_l2(np.asarray(got, np.float64), want.detach().numpy()) <= tol
+
+
 def test_timm_to_flax_skips_buffers_head_and_final_norm():
     pytest.importorskip("timm")
     model = timm_nano(64)

@@ -2,7 +2,7 @@
 
 Everything here follows PyTorch's conventions so that converted torch weights give the same
 numbers: BatchNorm keeps torch's momentum (0.1 for the new batch = 0.9 in flax) and epsilon and
-computes the batch variance in two passes as torch does (see swinv2.LayerNorm for why),
+computes the batch variance in two passes as torch does (see swinv2.layer_norm for why),
 bilinear resizing uses half-pixel centres without antialiasing (F.interpolate(...,
 mode="bilinear", align_corners=False)) and adaptive average pooling uses torch's bins.
 """

@@ -138,11 +138,60 @@ def shift_mask(padded: int, window: int, shift: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- modules
 
-# timm's init: truncated normal linears, zero biases; torch's LayerNorm epsilon and its two-pass
-# variance. Flax's default one-pass E[x^2] - E[x]^2 is less exact, and on XLA:CPU its gradient
-# fuses so badly beside a residual add that a block's backward pass took twice as long.
+# timm's init: truncated normal linears, zero biases.
 dense_init = nn.initializers.truncated_normal(stddev=0.02)
-LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, epsilon):
+    """torch's layer norm over the last axis in float32: two-pass variance (flax's one-pass
+    E[x^2] - E[x]^2 loses small spreads on large means, e.g. DEM metres), (x - mean) * (scale /
+    sigma) + bias as flax orders it."""
+    return _layer_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_forward(x, scale, bias, epsilon):
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + epsilon)
+    return (x32 - mean) * (inv_std * scale) + bias, (x, mean, inv_std, scale)
+
+
+def _layer_norm_backward(epsilon, residuals, dy):
+    # torch's formula from the input and the per-row statistics. Autodiff of the forward kept
+    # scale / sigma broadcast to the map's full size as residuals, which XLA:CPU materialised:
+    # the largest part of the layer norms' time in the train step.
+    x, mean, inv_std, scale = residuals
+    dy = dy.astype(jnp.float32)
+    x_hat = (x.astype(jnp.float32) - mean) * inv_std
+    rows = tuple(range(x.ndim - 1))
+    d_scale, d_bias = jnp.sum(dy * x_hat, axis=rows), jnp.sum(dy, axis=rows)
+    d_x_hat = dy * scale
+    d_x = inv_std * (
+        d_x_hat
+        - jnp.mean(d_x_hat, axis=-1, keepdims=True)
+        - x_hat * jnp.mean(d_x_hat * x_hat, axis=-1, keepdims=True)
+    )
+    return d_x.astype(x.dtype), d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
+
+
+class LayerNorm(nn.Module):
+    """torch's LayerNorm (epsilon 1e-5) over the channels, computed in float32, output in `dtype`
+    (the input's when None). Parameters "scale" and "bias" as flax's nn.LayerNorm names them."""
+
+    epsilon: float = 1e-5
+    dtype: jnp.dtype | None = None
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype or x.dtype)
 
 
 def l2_normalize(x):
