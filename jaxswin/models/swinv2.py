@@ -194,9 +194,10 @@ class LayerNorm(nn.Module):
         return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype or x.dtype)
 
 
-def l2_normalize(x):
-    """torch's F.normalize (x / max(|x|, 1e-12)), written so a zero vector has a finite gradient."""
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+def inverse_norm(x):
+    """1 / max(|x|, 1e-12) over the last axis, torch's F.normalize divisor, written so a zero
+    vector has a finite gradient."""
+    return jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
 class WindowAttention(nn.Module):
@@ -220,22 +221,25 @@ class WindowAttention(nn.Module):
         qkv = dense(3 * self.dim, use_bias=False, name="qkv")(windows) + qkv_bias.astype(self.dtype)
         q, k, v = jnp.moveaxis(qkv.reshape(b, num_windows, n, 3, heads, c // heads), 3, 0)
 
-        logits = jnp.einsum(
-            "bwqhd,bwkhd->bwhqk", l2_normalize(q), l2_normalize(k)
-        ).astype(jnp.float32)
         logit_scale = self.param(
             "logit_scale", nn.initializers.constant(np.log(10.0)), (heads, 1, 1)
         )
-        logits = logits * jnp.exp(jnp.minimum(logit_scale, np.log(1.0 / 0.01)))
+        scale = jnp.exp(jnp.minimum(logit_scale, np.log(1.0 / 0.01))).reshape(heads, 1)
+        # Cosine similarities times the per-head scale, the scale folded into q's per-row
+        # divisor: scaling the logits made XLA keep the scale broadcast to every logit for the
+        # backward pass.
+        logits = jnp.einsum(
+            "bwqhd,bwkhd->bwhqk", q * (inverse_norm(q) * scale).astype(q.dtype), k * inverse_norm(k)
+        ).astype(jnp.float32)
 
         # The bias MLP runs on the (2w-1)^2 offsets in float32, then is gathered per token pair.
         coords = relative_coords_table(self.window, self.pretrained_window)
         hidden = nn.relu(nn.Dense(512, kernel_init=dense_init, name="cpb_fc1")(coords))
         bias_table = nn.Dense(heads, use_bias=False, kernel_init=dense_init, name="cpb_fc2")(hidden)
-        bias = bias_table[relative_position_index(self.window)]  # (N, N, heads)
-        logits = logits + 16 * nn.sigmoid(bias.transpose(2, 0, 1))
-        if mask is not None:
-            logits = logits + mask[:, None]
+        bias = 16 * nn.sigmoid(bias_table[relative_position_index(self.window)].transpose(2, 0, 1))
+        if mask is not None:  # one (windows, heads, N, N) addend: the bias and the shift mask
+            bias = bias + mask[:, None]
+        logits = logits + bias
 
         attn = nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, num_windows, n, c)
