@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also profile STEPS train steps and inference calls of each "
                              "configuration by op class (experiments/op_profile.py; not with "
                              "torch compile)")
+    parser.add_argument("--xla-flags-trial", action="append", default=[], metavar="FLAGS",
+                        help="instead of the comparison, time the jax worker under XLA_FLAGS=FLAGS "
+                             "against XLA's defaults, alternating, --trial-rounds times each "
+                             "(repeatable; write --xla-flags-trial='--xla_...'); the runs and "
+                             "verdicts go into the family's JSON")
+    parser.add_argument("--trial-rounds", type=int, default=3,
+                        help="--xla-flags-trial: runs of each setting (default 3)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # framework:mode, run in a subprocess
     return parser
 
@@ -449,18 +456,79 @@ def plan(args) -> list[str]:
     return jobs
 
 
-def run_worker(job: str, argv: list[str]) -> dict:
-    """Runs one configuration in a fresh process; its result, or the error it ended with."""
+def run_worker(job: str, argv: list[str], xla_flags: str | None = None) -> dict:
+    """Runs one configuration in a fresh process (under XLA_FLAGS=`xla_flags` if given); its
+    result, or the error it ended with."""
     framework, mode = job.split(":")
-    print(f"-- {framework} {mode} ...", file=sys.stderr, flush=True)
+    print(f"-- {framework} {mode} {xla_flags or ''}...", file=sys.stderr, flush=True)
+    env = dict(os.environ) if xla_flags is None else {**os.environ, "XLA_FLAGS": xla_flags}
     proc = subprocess.run([sys.executable, "-m", "experiments.bench", *argv, "--worker", job],
-                          capture_output=True, text=True,
+                          capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parent.parent)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"framework": framework, "mode": mode, "error": tail[:300]}
+
+
+# ----------------------------------------------------------------------------- --xla-flags-trial
+
+
+def flag_trials(args, argv: list[str]) -> list[dict]:
+    """Each jax job under XLA's defaults and under each --xla-flags-trial, the settings taking
+    turns round by round so that a machine's drift falls on all of them alike."""
+    settings = ["", *args.xla_flags_trial]
+    runs = []
+    for round_ in range(args.trial_rounds):
+        for job in plan(args):
+            for flags in settings:
+                result = run_worker(job, argv, flags)
+                runs.append({**result, "xla_flags": flags, "round": round_})
+    return runs
+
+
+def flag_verdicts(runs: list[dict]) -> list[dict]:
+    """Per mode and flag setting, the tiles/s range against the defaults' range; a setting
+    helps a phase only beyond the run-to-run spread: its slowest run above the defaults'
+    fastest."""
+    ok = [r for r in runs if "error" not in r]
+    verdicts = []
+    for mode in dict.fromkeys(r["mode"] for r in ok):
+        default = [r for r in ok if r["mode"] == mode and not r["xla_flags"]]
+        for flags in dict.fromkeys(r["xla_flags"] for r in ok if r["xla_flags"]):
+            trial = [r for r in ok if r["mode"] == mode and r["xla_flags"] == flags]
+            verdict = {"mode": mode, "xla_flags": flags}
+            for phase in ("train", "infer"):
+                ours = [r[f"{phase}_tiles_s"] for r in trial]
+                base = [r[f"{phase}_tiles_s"] for r in default]
+                verdict[phase] = {
+                    "tiles_s": [min(ours), max(ours)], "default_tiles_s": [min(base), max(base)],
+                    "median_ratio": statistics.median(ours) / statistics.median(base),
+                    "beyond_spread": min(ours) > max(base),
+                } if ours and base else None
+            verdicts.append(verdict)
+    return verdicts
+
+
+def trials_markdown(runs: list[dict], verdicts: list[dict]) -> str:
+    lines = ["| round | mode | XLA_FLAGS | train tiles/s | infer tiles/s |", "|---|---|---|---|---|"]
+    for r in runs:
+        figures = (f"failed: {r['error']} |" if "error" in r
+                   else f"{r['train_tiles_s']:.2f} | {r['infer_tiles_s']:.2f} |")
+        lines.append(f"| {r['round']} | {r['mode']} | {r['xla_flags'] or '(defaults)'} | {figures}")
+    lines += ["", "| mode | XLA_FLAGS | phase | tiles/s range | defaults' range | median ratio "
+              "| beyond the spread |", "|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        for phase in ("train", "infer"):
+            p = v[phase]
+            if p:
+                lines.append(
+                    f"| {v['mode']} | {v['xla_flags']} | {phase} | {p['tiles_s'][0]:.2f}–"
+                    f"{p['tiles_s'][1]:.2f} | {p['default_tiles_s'][0]:.2f}–"
+                    f"{p['default_tiles_s'][1]:.2f} | {p['median_ratio']:.3f} "
+                    f"| {'yes' if p['beyond_spread'] else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def peak_tflops(args, device: str) -> float | None:
@@ -554,11 +622,25 @@ def main(argv=None):
             print(block, flush=True)
         return 0
 
-    results = [run_worker(job, argv) for job in plan(args)]
+    if args.xla_flags_trial:
+        args.only = "jax"
+        if args.trial_rounds < 2:
+            raise SystemExit("error: --trial-rounds must be at least 2 (a spread needs two runs)")
+        results = flag_trials(args, argv)
+    else:
+        results = [run_worker(job, argv) for job in plan(args)]
     measured = next((r for r in results if "error" not in r), None)
     if measured is None:
         raise SystemExit("error: every configuration failed:\n" +
                          "\n".join(f"  {r['framework']} {r['mode']}: {r['error']}" for r in results))
+    out = output_path(args, measured)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    if args.xla_flags_trial:
+        verdicts = flag_verdicts(results)
+        report = {**previous, "xla_flag_trials": results, "xla_flag_verdicts": verdicts}
+        write_report(out, report)
+        print(trials_markdown(results, verdicts))
+        return 0
     cfg = config_lib.from_args(args)
     report = {
         "device": measured["device"], "platform": measured["platform"],
@@ -573,16 +655,25 @@ def main(argv=None):
     }
     add_mfu(results, report["peak_tflops"])
     report["ratios"] = ratios(results)
+    # The flag trials are a separate measurement: a new comparison keeps the file's last ones.
+    report.update({k: previous[k] for k in ("xla_flag_trials", "xla_flag_verdicts") if k in previous})
+    write_report(out, report)
+    print(markdown(report))
+    return 0
+
+
+def output_path(args, measured: dict) -> Path:
     # One file per CPU family: figures of one family are never taken for another's.
     slug = re.sub(r"[^a-z0-9]+", "-", measured["device"].lower()).strip("-")
     if measured["platform"] == "cpu":
         slug = f"cpu-{measured['cpu_family']}"
-    out = Path(args.json or Path(__file__).resolve().parent / "results" / f"bench-{slug}.json")
+    return Path(args.json or Path(__file__).resolve().parent / "results" / f"bench-{slug}.json")
+
+
+def write_report(out: Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(report))
     print(f"wrote {out}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

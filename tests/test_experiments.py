@@ -341,6 +341,61 @@ def test_bench_peak_is_the_devices_own(device, peak):
     assert bench.peak_tflops(args, device) == 500.0
 
 
+def test_bench_flag_trials_alternate_and_judge_against_the_spread(tmp_path, monkeypatch, capsys):
+    """--xla-flags-trial: the jax worker under each XLA_FLAGS setting and the defaults, taking
+    turns round by round, each in a process whose environment carries the flags; a setting
+    helps only if its slowest run beats the defaults' fastest. The trials join the family's
+    JSON beside the last comparison, and a new comparison keeps them."""
+    from experiments import bench
+
+    fast, slow = "--xla_cpu_experimental_ynn_fusion_type=dot", "--xla_cpu_use_onednn=true"
+    rate = {"": [2.0, 2.2, 2.1], fast: [2.5, 2.4, 2.6], slow: [2.15, 1.9, 2.0]}
+    launched = []
+
+    def fake_run(command, env, **kwargs):
+        flags = env.get("XLA_FLAGS", "")
+        launched.append((command[-1], flags))
+        train = rate[flags][sum(f == flags for _, f in launched) - 1]
+        result = {"framework": "jax", "mode": "fp32", "train_tiles_s": train,
+                  "infer_tiles_s": 10.0, "device": "cpu", "platform": "cpu", "cpu": "Fake CPU",
+                  "cpu_family": "intel", "xla_flags": flags}
+        return subprocess.CompletedProcess(command, 0, bench.RESULT_TAG + json.dumps(result), "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setenv("XLA_FLAGS", "--from_the_shell")  # each run sets its own, defaults ""
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"results": ["the last comparison"], "xla_flag_trials": ["old"]}))
+    assert bench.main(["--precisions", "fp32", "--json", str(out), f"--xla-flags-trial={fast}",
+                       f"--xla-flags-trial={slow}"]) == 0
+
+    assert launched == [("jax:fp32", flags) for _ in range(3) for flags in ("", fast, slow)]
+    printed = capsys.readouterr().out
+    assert f"| fp32 | {fast} | train | 2.40–2.60 | 2.00–2.20 | 1.190 | yes |" in printed
+    assert f"| fp32 | {slow} | train | 1.90–2.15 | 2.00–2.20 | 0.952 | no |" in printed
+    report = json.loads(out.read_text())
+    assert report["results"] == ["the last comparison"]
+    assert [(r["round"], r["xla_flags"]) for r in report["xla_flag_trials"]] == \
+        [(n, flags) for n in range(3) for flags in ("", fast, slow)]
+    verdicts = {v["xla_flags"]: v for v in report["xla_flag_verdicts"]}
+    assert verdicts[fast]["train"]["beyond_spread"] is True
+    assert verdicts[fast]["train"]["median_ratio"] == pytest.approx(2.5 / 2.1)
+    assert verdicts[slow]["train"]["beyond_spread"] is False  # 2.15 > 2.1 median, not > 2.2
+    assert verdicts[slow]["train"]["tiles_s"] == [1.9, 2.15]
+    assert verdicts[fast]["infer"]["beyond_spread"] is False  # level
+
+    trials = report["xla_flag_trials"]
+    monkeypatch.setattr(bench, "run_worker", lambda job, argv, flags=None: {
+        "framework": "jax", "mode": "fp32", "precision": "fp32", "train_tiles_s": 2.0,
+        "infer_tiles_s": 10.0, "train_first_step_s": 60.0, "peak_memory_gib": 6.0,
+        "memory_source": "process peak RSS", "device": "cpu", "platform": "cpu", "cpu": "Fake CPU",
+        "cpuid": "", "cpu_family": "intel", "cpu_features": [], "xla_flags": "", "cpu_count": 2})
+    assert bench.main(["--only", "jax", "--precisions", "fp32", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["results"][0]["cpu"] == "Fake CPU" and report["xla_flag_trials"] == trials
+    with pytest.raises(SystemExit, match="--trial-rounds"):
+        bench.main([f"--xla-flags-trial={fast}", "--trial-rounds", "1"])
+
+
 def test_bench_matmul_prints_each_frameworks_rate_with_the_cpu(monkeypatch):
     """bench_matmul: the CPU and XLA flags named, and each framework and precision's rate
     computed as 2n³ over the matmul's median time."""
