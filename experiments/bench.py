@@ -622,6 +622,10 @@ def main(argv=None):
             print(block, flush=True)
         return 0
 
+    # A --json file that is there is read (to keep what a later run does not replace) before
+    # measuring: a file that is no bench report then costs no measurement.
+    given = Path(args.json) if args.json else None
+    previous = previous_report(given) if given else None
     if args.xla_flags_trial:
         args.only = "jax"
         if args.trial_rounds < 2:
@@ -633,8 +637,8 @@ def main(argv=None):
     if measured is None:
         raise SystemExit("error: every configuration failed:\n" +
                          "\n".join(f"  {r['framework']} {r['mode']}: {r['error']}" for r in results))
-    out = output_path(args, measured)
-    previous = json.loads(out.read_text()) if out.exists() else {}
+    out = given or output_path(measured)
+    previous = previous_report(out) if previous is None else previous
     if args.xla_flags_trial:
         verdicts = flag_verdicts(results)
         report = {**previous, "xla_flag_trials": results, "xla_flag_verdicts": verdicts}
@@ -662,12 +666,27 @@ def main(argv=None):
     return 0
 
 
-def output_path(args, measured: dict) -> Path:
+def output_path(measured: dict) -> Path:
     # One file per CPU family: figures of one family are never taken for another's.
     slug = re.sub(r"[^a-z0-9]+", "-", measured["device"].lower()).strip("-")
     if measured["platform"] == "cpu":
         slug = f"cpu-{measured['cpu_family']}"
-    return Path(args.json or Path(__file__).resolve().parent / "results" / f"bench-{slug}.json")
+    return Path(__file__).resolve().parent / "results" / f"bench-{slug}.json"
+
+
+def previous_report(path: Path) -> dict:
+    """The bench report already at `path` ({} if there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"error: {path}: not a readable bench report ({err}); move it aside "
+                         "or name another file with --json")
+    if not isinstance(report, dict):
+        raise SystemExit(f"error: {path}: not a bench report (a JSON object); move it aside or "
+                         "name another file with --json")
+    return report
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -396,6 +396,19 @@ def test_bench_flag_trials_alternate_and_judge_against_the_spread(tmp_path, monk
         bench.main([f"--xla-flags-trial={fast}", "--trial-rounds", "1"])
 
 
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\udcff"])
+def test_bench_refuses_a_json_file_that_is_no_report_before_measuring(tmp_path, monkeypatch,
+                                                                      content):
+    from experiments import bench
+
+    monkeypatch.setattr(bench, "run_worker", lambda *a, **k: pytest.fail("measured anyway"))
+    out = tmp_path / "notes.json"
+    out.write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(SystemExit, match=f"{out}: not a .*bench report.*--json"):
+        bench.main(["--only", "jax", "--precisions", "fp32", "--json", str(out)])
+    assert out.read_bytes() == content.encode("utf-8", "surrogateescape")  # left as it was
+
+
 def test_bench_matmul_prints_each_frameworks_rate_with_the_cpu(monkeypatch):
     """bench_matmul: the CPU and XLA flags named, and each framework and precision's rate
     computed as 2n³ over the matmul's median time."""
