@@ -180,8 +180,13 @@ def test_worker_processes_give_the_same_batches_and_start_once_per_run(data):
 
 def test_levers_band_dropout_strong_augmentation_and_soft_borders(data):
     plain = epoch(data, device_warp=True)
-    levers = epoch(data, device_warp=True, augment_strength="strong", band_dropout=0.4,
-                   border_smoothing=0.2)
+    images, masks, train, stats = data
+    masks = masks.copy()
+    # A solid patch in every tile: pixels inside the class (1.0) are certain, not left to the
+    # draw (with the fixture's scattered masks the test failed in 2 of 150 draws).
+    masks[:, 5:11, 5:11] = 1
+    levers = epoch((images, masks, train, stats), device_warp=True, augment_strength="strong",
+                   band_dropout=0.4, border_smoothing=0.2)
     assert len(levers) == len(plain)
     bands_of = [np.concatenate([b["rgb"], b["aux"]], -1) for b in levers]
     blank = np.concatenate([np.abs(x).max(axis=(1, 2)) == 0 for x in bands_of])
