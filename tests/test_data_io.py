@@ -148,10 +148,25 @@ def test_tifffile_stacks_are_read_as_what_they_are(tmp_path, layout):
     assert (georef["width"], georef["height"]) == (SIZE, SIZE)
 
 
-def test_mask_is_one_where_positive(tmp_path):
-    values = np.array([[0, 2, 255, -1, np.nan, 0.5]], np.float32)
-    write_geotiff(tmp_path / "m.tif", values[None])
-    assert io.read_mask(tmp_path / "m.tif", None).tolist() == [[0, 1, 1, 0, 0, 1]]
+@pytest.mark.parametrize("landslide", [1, 255])
+def test_mask_is_one_where_landslide_and_declared_nodata_is_background(tmp_path, landslide):
+    values = np.array([[[0, landslide, 7, 0]]], np.uint8)
+    write_geotiff(tmp_path / "m.tif", values, nodata=7)
+    assert io.read_mask(tmp_path / "m.tif", None).tolist() == [[0, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("values, shown", [
+    ([1, 2, 2, 1], "mask values 1, 2;"),  # background 1, landslide 2
+    ([0, 0.25, 0.5, 1], "mask values 0, 0.25, 0.5, 1;"),  # soft labels
+    ([0, 1, np.nan, 1], "mask values 0, 1, nan;"),  # undeclared NaN
+    ([0, -1, 0, 1], "mask values -1, 0, 1;"),
+])
+def test_a_mask_of_other_values_is_an_error_naming_them(tmp_path, values, shown):
+    write_geotiff(tmp_path / "m.tif", np.array([[values]], np.float32))
+    with pytest.raises(DataError) as err:
+        io.read_mask(tmp_path / "m.tif", None)
+    assert "m.tif" in str(err.value) and shown in str(err.value)
+    assert "recode it (background 0, landslide" in str(err.value)
 
 
 def _truncated(path: Path) -> Path:

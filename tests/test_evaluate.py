@@ -9,13 +9,13 @@ import rasterio
 from jaxswin import evaluate
 
 
-def _write_mask(path, array):
+def _write_mask(path, array, nodata=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = array.shape
     transform = rasterio.Affine(200.0, 0.0, 4000.0, 0.0, -200.0, 2000.0)
     with rasterio.open(
         path, "w", driver="GTiff", height=height, width=width, count=1, dtype="uint8",
-        crs="EPSG:4326", transform=transform,
+        crs="EPSG:4326", transform=transform, nodata=nodata,
     ) as dst:
         dst.write(array.astype(np.uint8), 1)
 
@@ -77,6 +77,15 @@ def test_empty_foreground_set_scores_by_the_convention(tmp_path, capsys):
     evaluate.main(["--pred", str(tmp_path / "pred"), "--masks", str(tmp_path / "masks"), "--json"])
     scores = json.loads(capsys.readouterr().out)
     assert scores["iou_fg"] == scores["precision"] == scores["recall"] == scores["miou"] == 1.0
+
+
+def test_predicted_masks_score_their_nodata_as_background(tmp_path, capsys):
+    # As jaxswin.predict writes them: 1 landslide, 0 not, 255 declared as the file's nodata.
+    _write_mask(tmp_path / "pred" / "a.tif", np.array([[1, 0, 255, 255]]), nodata=255)
+    _write_mask(tmp_path / "masks" / "Mask_a.tif", np.array([[1, 0, 1, 0]]))
+    evaluate.main(["--pred", str(tmp_path / "pred"), "--masks", str(tmp_path / "masks"), "--json"])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["precision"] == 1.0 and scores["recall"] == 0.5 and scores["accuracy"] == 0.75
 
 
 @pytest.mark.parametrize("remove", ["pred", "masks"])

@@ -315,6 +315,16 @@ def build_predictions(root: Path, *, extra: int = 0, size: int = SIZE, empty: bo
     return root
 
 
+def with_predictions(name: str, array: np.ndarray) -> Callable[[Path], Path]:
+    """build_predictions' folders whose file `name` (relative to them) holds `array` (C, H, W)."""
+    def build(root: Path) -> Path:
+        build_predictions(root)
+        (root / name).unlink()
+        write_geotiff(root / name, array)
+        return root
+    return build
+
+
 def evaluate_args(data: Path, tmp: Path) -> list[str]:
     return ["--pred", str(data / "pred"), "--masks", str(data / "masks")]
 
@@ -348,6 +358,15 @@ CASES = [
     Case("mask stored as uint16 0/1000", lambda r: valid_dataset(
         r, mask_scale=1000, mask_dtype=np.uint16), "load", check=masks_match_reference),
     Case("mask with a nodata value", build_nodata_mask, "load", check=check_nodata_mask),
+    Case("mask coded 1 background, 2 landslide", with_array(
+        "masks/Mask_1.tif", tile_values(1)[1] + 1), "train", train_args(),
+         ("Mask_1.tif", "mask values 1, 2;", "recode it (background 0, landslide")),
+    Case("mask of soft labels", with_array(
+        "masks/Mask_1.tif", tile_values(1)[1] * np.float32(0.8)), "train", train_args(),
+         ("Mask_1.tif", "mask values 0, 0.8;", "recode it")),
+    Case("mask with a NaN pixel", with_array("masks/Mask_1.tif", np.where(
+        np.arange(SIZE) == 3, np.nan, tile_values(1)[1]).astype(np.float32)), "train",
+         train_args(), ("Mask_1.tif", "mask values 0, 1, nan;", "nodata")),
     Case("image with a nodata collar", build_nodata_image, "load", check=check_nodata_image),
     Case("tifffile stack (H, W, C)", build_tifffile_stack, "load", check=scaled_tiles),
     # --- sizes ---------------------------------------------------------------------------------
@@ -488,6 +507,12 @@ CASES = [
          "evaluate", evaluate_args, ("Image_1.tif", "empty file (0 bytes)")),
     Case("evaluate: prediction of another size", lambda r: build_predictions(r, size=16),
          "evaluate", evaluate_args, ("Image_0.tif", "(16, 16)", f"({SIZE}, {SIZE})")),
+    Case("evaluate: probabilities as predictions", with_predictions(
+        "pred/Image_1.tif", np.arange(SIZE * SIZE, dtype=np.uint8).reshape(1, SIZE, SIZE) % 255),
+         "evaluate", evaluate_args, ("Image_1.tif", "mask values 0, 1, 2,", "threshold")),
+    Case("evaluate: ground truth coded 1/2", with_predictions(
+        "masks/Mask_2.tif", tile_values(2)[1] + 1), "evaluate", evaluate_args,
+         ("Mask_2.tif", "mask values 1, 2;", "recode it")),
 ]
 
 

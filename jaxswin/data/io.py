@@ -85,8 +85,9 @@ def _quiet_tifffile():
         logger.setLevel(level)
 
 
-def _read_page_stack(path: Path, num_bands: int) -> tuple[np.ndarray, float | None] | None:
-    """A tifffile-written stack as (H, W, C) with its nodata value, or None for other files.
+def _read_page_stack(path: Path, num_bands: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A tifffile-written stack as (H, W, C) with where its nodata value is, or None for other
+    files.
 
     A stack is a TIFF whose first series spans more than its first page (one page per row or
     per band); anything tifffile cannot parse is left to rasterio, which reports it.
@@ -111,7 +112,9 @@ def _read_page_stack(path: Path, num_bands: int) -> tuple[np.ndarray, float | No
         )
     if data.shape[0] == num_bands and data.shape[-1] != num_bands:
         data = np.moveaxis(data, 0, -1)  # bands-first pages, as tifffile writes (C, H, W)
-    return data, (float(nodata.value) if nodata is not None else None)
+    if nodata is None:
+        return data, np.zeros(data.shape, bool)
+    return data, data == float(nodata.value)
 
 
 def _open_rasterio(path: Path):
@@ -143,19 +146,18 @@ def _as_float(path: Path, data: np.ndarray, invalid: np.ndarray) -> np.ndarray:
     return image
 
 
-def _read_masked(path: Path, src, window=None) -> np.ndarray:
-    """Bands of `src` (in `window`) as (h, w, C) float32, NaN where the file's nodata value or
-    mask says so, or where the value is not finite."""
+def _read_window(path: Path, src, window=None) -> tuple[np.ndarray, np.ndarray]:
+    """Bands of `src` (in `window`) as stored, (h, w, C), and where the file's nodata value or
+    mask marks them."""
     try:
         masked = src.read(window=window, masked=True)
     except RasterioError as err:
         raise _unreadable(path, err) from None
-    data = np.moveaxis(masked.data, 0, -1)
-    return _as_float(path, data, np.moveaxis(np.ma.getmaskarray(masked), 0, -1))
+    return np.moveaxis(masked.data, 0, -1), np.moveaxis(np.ma.getmaskarray(masked), 0, -1)
 
 
-def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
-    """(H, W, C) float32 with NaN for nodata/non-finite pixels, and the georeference."""
+def _read(path: Path, num_bands: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(H, W, C) pixels as stored, where the file declares them nodata, and the georeference."""
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a tile file; rename or move it")
     if not path.is_file():
@@ -166,11 +168,9 @@ def _read(path: Path, num_bands: int) -> tuple[np.ndarray, dict]:
         raise DataError(f"{path}: permission denied; make it readable (chmod a+r) or remove it")
     stack = _read_page_stack(path, num_bands)
     if stack is not None:
-        data, nodata = stack
-        invalid = (data == nodata) if nodata is not None else np.zeros(data.shape, bool)
-        return _as_float(path, data, invalid), _stack_georef(data)
+        return (*stack, _stack_georef(stack[0]))
     with _open_rasterio(path) as src:
-        return _read_masked(path, src), _georef(src)
+        return (*_read_window(path, src), _georef(src))
 
 
 def _stack_georef(data: np.ndarray) -> dict:
@@ -193,9 +193,7 @@ class SceneReader:
         stack = _read_page_stack(self.path, len(channels))
         self._src = self._image = None
         if stack is not None:
-            data, nodata = stack
-            invalid = (data == nodata) if nodata is not None else np.zeros(data.shape, bool)
-            self._image, self.georef = _as_float(self.path, data, invalid), _stack_georef(data)
+            self._image, self.georef = _as_float(self.path, *stack), _stack_georef(stack[0])
             count = self._image.shape[-1]
         else:
             self._src = _open_rasterio(self.path)
@@ -213,7 +211,7 @@ class SceneReader:
             rows = self._image[row : row + count]
         else:
             window = rasterio.windows.Window(0, row, self.width, count)
-            rows = _read_masked(self.path, self._src, window)
+            rows = _as_float(self.path, *_read_window(self.path, self._src, window))
         return rows[..., self.order]
 
     def overview(self, max_side: int) -> np.ndarray:
@@ -262,7 +260,8 @@ def read_image(
     profile of a GeoTIFF covering the same ground.
     """
     path = Path(path)
-    image, georef = _read(path, len(channels))
+    data, nodata, georef = _read(path, len(channels))
+    image = _as_float(path, data, nodata)
     if image.shape[-1] != len(channels):
         raise DataError(
             f"{path}: {image.shape[-1]} band(s), but the band profile lists {len(channels)} "
@@ -281,16 +280,32 @@ def read_image(
 
 
 def read_mask(path: str | Path, size: int | None = 128) -> np.ndarray:
-    """A one-band mask as uint8 (H, W): 1 where the value is positive (landslide), else 0."""
+    """A one-band mask as uint8 (H, W): 1 landslide, 0 background.
+
+    The file codes background as 0 and landslide as one positive whole value (1, 255, ...);
+    pixels it declares nodata are background (jaxswin.predict writes 255 as nodata). Any other
+    value (classes coded 1/2, probabilities, NaN) is an error naming the values found.
+    """
     path = Path(path)
-    mask, _ = _read(path, 1)
-    if mask.shape[-1] != 1:
+    data, nodata, _ = _read(path, 1)
+    if data.shape[-1] != 1:
         raise DataError(
-            f"{path}: a mask must have one band, this one has {mask.shape[-1]}"
+            f"{path}: a mask must have one band, this one has {data.shape[-1]}"
         )
-    _check_size(path, mask, size)
-    with np.errstate(invalid="ignore"):
-        return (mask[..., 0] > 0).astype(np.uint8)  # nodata (NaN) is background
+    _check_size(path, data, size)
+    values, nodata = data[..., 0], nodata[..., 0]
+    found = np.unique(values[~nodata])
+    landslide = found[found != 0]
+    if len(landslide) > 1 or not np.all((landslide > 0) & (landslide % 1 == 0)):
+        shown = ", ".join(f"{v:g}" for v in found[:8])
+        more = f" and {len(found) - 8} more" if len(found) > 8 else ""
+        raise DataError(
+            f"{path}: mask values {shown}{more}; a mask holds 0 for background and one "
+            "positive whole value (1 or 255) for landslide: recode it (background 0, landslide "
+            "1), threshold probabilities into such a mask, or declare a value to ignore as the "
+            "file's nodata"
+        )
+    return ((values != 0) & ~nodata).astype(np.uint8)
 
 
 def resize(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
