@@ -136,6 +136,27 @@ def test_nodata_and_non_finite_pixels_become_nan_with_one_warning(tmp_path, capl
     assert len(warnings) == 1 and "t.tif" in warnings[0].getMessage()
 
 
+def test_undeclared_float32_extremes_are_nodata_counted_once_per_file(tmp_path, caplog):
+    # A collar of GDAL's -3.4e38 fill in a file that declares no nodata value.
+    stored = np.random.default_rng(3).random((7, SIZE, SIZE)).astype(np.float32)
+    stored[:, :3, :] = np.finfo(np.float32).min
+    stored[1, 10, 10] = np.nan
+    write_geotiff(tmp_path / "t.tif", stored)
+    order = bands.PROFILES["mmlsv2"]
+    with caplog.at_level(logging.WARNING, logger="jaxswin.data"):
+        image, _ = io.read_image(tmp_path / "t.tif", order, SIZE)
+        with io.SceneReader(tmp_path / "t.tif", order) as reader:
+            strips = [reader.read(row, 8) for row in (0, 2, 4)]  # overlapping, as windows are
+    assert np.isnan(image[:3]).all() and np.isnan(image).sum() == 7 * 3 * SIZE + 1
+    assert np.isnan(strips[0][:3]).all() and np.isnan(strips[1][:1]).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    extremes = 7 * 3 * SIZE
+    assert len(warnings) == 2 and all("t.tif" in w for w in warnings)
+    assert f"{extremes + 1} pixel value(s) are nodata" in warnings[0]
+    assert f"{extremes} of them at float32's extremes" in warnings[0]
+    assert f"{extremes} pixel value(s) at float32's extremes" in warnings[1]
+
+
 @pytest.mark.parametrize("layout", ["hwc", "chw"])
 def test_tifffile_stacks_are_read_as_what_they_are(tmp_path, layout):
     # tifffile writes (H, W, 7) as H pages of W x 7 (GDAL sees one 7-pixel-wide band), and

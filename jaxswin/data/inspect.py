@@ -57,7 +57,6 @@ WINDOW = 128  # side of the windows sampled from a scene
 WINDOWS_PER_SCENE = 16  # windows read from each scene when every file is read
 MIN_VALID = 256  # valid pixels a tile needs to count as evidence
 MAX_PIXELS = 4096  # pixels per tile the statistics use
-EXTREME = 3.0e38  # |value| at float32's extremes: nodata, declared or not
 MIN_TILES = 3  # tiles with evidence needed to judge at all
 # Fewer tiles than this never make strong evidence (a single tile's four quadrants misjudged
 # 1.5 % of synthetic tiles); samples of fewer tiles are judged on their quadrants.
@@ -159,7 +158,7 @@ def read_sample(files: Sequence[Path], count: int = 32) -> Sample:
         got, file_dtypes, size = _read_file(path, per_scene)
         for tile in got:
             # +-3.4e38 is GDAL's habitual nodata; files that do not declare it still mean it.
-            extreme = np.abs(tile) >= EXTREME
+            extreme = io.at_extremes(tile)
             extremes += extreme.sum((0, 1))
             tile[extreme] = np.nan
         tiles += got

@@ -5,8 +5,9 @@ height x width x channel stacks written by tifffile. GDAL sees such a stack as o
 image row (MMLS v1 stores 128 pages of 128 x 7), so those are read with tifffile as the array
 they are. Files are only ever opened for reading.
 
-Invalid pixels (the file's nodata value, NaN or Inf) are not an error: :func:`read_image`
-returns them as NaN with one warning line per file, and
+Invalid pixels (the file's nodata value, NaN, Inf, or values at float32's extremes, the habitual
+-3.4e38 fill of GDAL tools, declared or not) are not an error: :func:`read_image` returns them
+as NaN with one warning line per file, and
 :func:`jaxswin.data.normalize.percentile_scale` leaves them out of the P1-P99 range and sets
 them to 0 (the band's low end).
 """
@@ -32,6 +33,7 @@ from jaxswin.errors import DataError
 log = logging.getLogger("jaxswin.data")
 
 TILE_SUFFIXES = (".tif", ".tiff")
+EXTREME = 3.0e38  # |value| at float32's extremes (GDAL's -3.4e38 fill): nodata, declared or not
 # Longest first, so that ImageT_ is not read as Image plus a T.
 _PREFIXES = ("imaget_", "maskt_", "image_", "mask_")
 
@@ -136,14 +138,26 @@ def _georef(src) -> dict:
     return {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height}
 
 
-def _as_float(path: Path, data: np.ndarray, invalid: np.ndarray) -> np.ndarray:
-    """(H, W, C) raw pixels as float32, NaN where `invalid` or not finite."""
+def at_extremes(values: np.ndarray) -> np.ndarray:
+    """Where `values` are finite but at float32's extremes (|v| >= EXTREME): the nodata fill of
+    GDAL tools, which files do not always declare."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) >= EXTREME)
+
+
+def _as_float(path: Path, data: np.ndarray, invalid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) raw pixels as float32, NaN where `invalid`, not finite or at float32's extremes;
+    and where the extremes were without `invalid` saying so (counted in the warnings)."""
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise DataError(f"{path}: pixel type {data.dtype} is not a real number type")
     image = data.astype(np.float32)
-    invalid |= ~np.isfinite(image)
+    extreme = at_extremes(image) & ~invalid
+    invalid |= ~np.isfinite(image) | extreme
     image[invalid] = np.nan
-    return image
+    return image, extreme
+
+
+_EXTREMES = "at float32's extremes, |v| >= 3e38 as GDAL's -3.4e38 fill, not declared nodata"
 
 
 def _read_window(path: Path, src, window=None) -> tuple[np.ndarray, np.ndarray]:
@@ -192,13 +206,18 @@ class SceneReader:
             raise DataError(f"{self.path}: no such file")
         stack = _read_page_stack(self.path, len(channels))
         self._src = self._image = None
+        # Undeclared extreme values in rows [0, _counted_rows), warned about on closing.
+        self._extremes = self._counted_rows = 0
         if stack is not None:
-            self._image, self.georef = _as_float(self.path, *stack), _stack_georef(stack[0])
+            self._image, extreme = _as_float(self.path, *stack)
+            self.georef = _stack_georef(stack[0])
+            self._extremes, self._counted_rows = int(extreme.sum()), len(self._image)
             count = self._image.shape[-1]
         else:
             self._src = _open_rasterio(self.path)
             self.georef, count = _georef(self._src), self._src.count
         if count != len(channels):
+            self._extremes = 0  # the error says what matters
             self.close()
             raise DataError(
                 f"{self.path}: {count} band(s), but the band profile lists {len(channels)} "
@@ -211,7 +230,10 @@ class SceneReader:
             rows = self._image[row : row + count]
         else:
             window = rasterio.windows.Window(0, row, self.width, count)
-            rows = _as_float(self.path, *_read_window(self.path, self._src, window))
+            rows, extreme = _as_float(self.path, *_read_window(self.path, self._src, window))
+            # Windows overlap: each row counts once.
+            self._extremes += int(extreme[max(0, self._counted_rows - row) :].sum())
+            self._counted_rows = max(self._counted_rows, row + count)
         return rows[..., self.order]
 
     def overview(self, max_side: int) -> np.ndarray:
@@ -225,9 +247,14 @@ class SceneReader:
         except RasterioError as err:
             raise _unreadable(self.path, err) from None
         invalid = np.moveaxis(np.ma.getmaskarray(masked), 0, -1)
-        return _as_float(self.path, np.moveaxis(masked.data, 0, -1), invalid)[..., self.order]
+        image, _ = _as_float(self.path, np.moveaxis(masked.data, 0, -1), invalid)
+        return image[..., self.order]
 
     def close(self) -> None:
+        if self._extremes:
+            log.warning("%s: %d pixel value(s) %s: read as nodata", self.path, self._extremes,
+                        _EXTREMES)
+        self._extremes = 0
         if self._src is not None:
             self._src.close()
 
@@ -255,26 +282,27 @@ def read_image(
 
     `channels` is the file's band order (:func:`jaxswin.data.bands.resolve`); `size` the
     expected tile side (None accepts any). Pixel values are raw (not yet scaled); nodata,
-    NaN and Inf pixels are NaN, with one warning line naming the file. The georeference is
-    a dict of crs, transform, width and height: with driver, count and dtype it is the
-    profile of a GeoTIFF covering the same ground.
+    NaN, Inf and float32-extreme pixels are NaN, with one warning line naming the file. The
+    georeference is a dict of crs, transform, width and height: with driver, count and dtype
+    it is the profile of a GeoTIFF covering the same ground.
     """
     path = Path(path)
     data, nodata, georef = _read(path, len(channels))
-    image = _as_float(path, data, nodata)
+    image, extreme = _as_float(path, data, nodata)
     if image.shape[-1] != len(channels):
         raise DataError(
             f"{path}: {image.shape[-1]} band(s), but the band profile lists {len(channels)} "
             f"({', '.join(channels)}); pass the matching --bands"
         )
     _check_size(path, image, size)
-    invalid = int(np.isnan(image).sum())
+    invalid, extremes = int(np.isnan(image).sum()), int(extreme.sum())
     if invalid:
         log.warning(
-            "%s: %d pixel value(s) are nodata, NaN or Inf; they are left out of the "
+            "%s: %d pixel value(s) are nodata, NaN or Inf%s; they are left out of the "
             "P1-P99 range and set to 0 after scaling",
             path,
             invalid,
+            f" ({extremes} of them {_EXTREMES})" if extremes else "",
         )
     return image[..., bands.to_canonical(channels)], georef
 
