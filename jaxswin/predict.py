@@ -147,7 +147,7 @@ def main(argv=None):
                         f"({trained}); say which one the input uses")
     # Before the models are built: a contradicted profile stops at once, naming the right one.
     inspect.check(inputs, channels, args.band_check or members[0].config.data.band_check,
-                  f"the files of --input {input_arg}")
+                  f"the files of --input {input_arg}", option="--band-check")
     ensemble = inference.Ensemble(
         members, args.tta, args.batch_size, args.precision, args.threshold
     )

@@ -206,6 +206,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         data_main(["inspect", str(tmp_path / "rgb.tif")])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "3 band(s)" in err
+    # One band (read as a page stack would be): the fix is the file, no band profile has one.
+    _write_scene(tmp_path / "dem.tif", np.ones((32, 32, 1), np.float32), nodata=0.0)
+    with pytest.raises(SystemExit):
+        data_main(["inspect", str(tmp_path / "dem.tif")])
+    err = capsys.readouterr().err
+    assert "dem.tif: 1 band(s)" in err and "stack all seven" in err and "--bands" not in err
 
 
 def test_a_single_tile_is_judged_on_its_quadrants_and_never_stops_a_run(synthetic_root):
@@ -264,3 +270,5 @@ def test_prediction_with_the_wrong_profile_stops_naming_the_right_one(
     err = capsys.readouterr().err
     assert stop.value.code == 2
     assert ("band check" in err and "fit pbvs2026" in err) == stops, err
+    if stops:  # the option of the command run, not the training's config key
+        assert 'set --band-check to "warn" or "off"' in err and "data.band_check" not in err

@@ -423,6 +423,9 @@ CASES = [
          skip=ROOT_USER if os.geteuid() == 0 else None),
     Case("image with 4 bands", with_array("images/Image_1.tif", np.ones((4, SIZE, SIZE),
          np.float32)), "train", train_args(), ("Image_1.tif", "4 band(s)", "stack all seven")),
+    Case("image with 8 bands, no band check", with_array("images/Image_1.tif", np.ones(
+        (8, SIZE, SIZE), np.float32)), "train", train_args("--band-check", "off"),
+         ("Image_1.tif", "8 band(s)", "stack all seven")),
     Case("mask with 3 bands", with_array("masks/Mask_1.tif", np.ones((3, SIZE, SIZE), np.uint8)),
          "train", train_args(), ("Mask_1.tif", "one band")),
     Case("complex pixels", with_array("images/Image_1.tif", np.ones((7, SIZE, SIZE),

@@ -108,9 +108,7 @@ def _read_file(path: Path, windows_per_scene: int) -> tuple[list[np.ndarray], tu
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 if src.count not in (1, NUM_BANDS):  # 1: maybe a stack of pages (MMLS v1)
-                    raise DataError(f"{path}: {src.count} band(s), but the model reads "
-                                    f"{NUM_BANDS} (thermal, slope, DEM, gray, red, green, "
-                                    "blue in any order): stack all seven into the file")
+                    raise io.wrong_band_count(path, src.count)
                 if src.count == NUM_BANDS:
                     tiles = []
                     for window in _windows(src.height, src.width, windows_per_scene):
@@ -595,14 +593,15 @@ def _checked_mode(mode: str) -> str:
 
 
 def check(files: Sequence[Path], channels: Sequence[str], mode: str = "error",
-          where: str = "the data", count: int = 32) -> Verdict | None:
+          where: str = "the data", count: int = 32, option: str = "data.band_check"
+          ) -> Verdict | None:
     """The band check training and prediction run on `count` of `files` before they start.
 
     See :func:`check_sample`; mode "off" reads nothing and returns None.
     """
     if _checked_mode(mode) == "off":
         return None
-    return check_sample(read_sample(files, count), channels, mode, where)
+    return check_sample(read_sample(files, count), channels, mode, where, option)
 
 
 def check_dataset(root: str | None, channels_spec: str, mode: str = "error") -> Verdict | None:
@@ -616,8 +615,9 @@ def check_dataset(root: str | None, channels_spec: str, mode: str = "error") -> 
 
 
 def check_sample(sample: Sample, channels: Sequence[str], mode: str = "error",
-                 where: str = "the data") -> Verdict | None:
-    """Judges the declared band order `channels` of `sample` (`where`: what it is, for messages).
+                 where: str = "the data", option: str = "data.band_check") -> Verdict | None:
+    """Judges the declared band order `channels` of `sample` (`where`: what it is, and `option`:
+    how the command the user ran sets the mode, for messages).
 
     Strong evidence against it raises a DataError naming the profile that fits (mode "error")
     or logs that as a warning (mode "warn"); weak or missing evidence only logs. Returns the
@@ -639,7 +639,7 @@ def check_sample(sample: Sample, channels: Sequence[str], mode: str = "error",
     message = (f"band check: {where} do not fit band profile {declared} "
                f"({'; '.join(verdict.differences[:3])}); the bands fit {fits} "
                f"({inference.summary}); declare band profile {fits}, or set "
-               f"data.band_check to \"warn\" or \"off\" to go on")
+               f"{option} to \"warn\" or \"off\" to go on")
     if verdict.status == "contradicted" and mode == "error":
         raise DataError(message)
     log.warning("%s%s", message, " (weak evidence)" if verdict.status == "uncertain" else "")

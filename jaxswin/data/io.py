@@ -134,6 +134,13 @@ def _unreadable(path: Path, err: Exception) -> DataError:
     return DataError(f"{path}: not a readable GeoTIFF, truncated or corrupt ({detail})")
 
 
+def wrong_band_count(path: Path, count: int) -> DataError:
+    """The error for an image file of `count` bands: every band profile orders the same seven."""
+    return DataError(f"{path}: {count} band(s), but the model reads {len(bands.CHANNELS)} "
+                     "(thermal, slope, DEM, gray, red, green, blue in any order): stack all seven "
+                     "into the file")
+
+
 def _georef(src) -> dict:
     return {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height}
 
@@ -219,10 +226,7 @@ class SceneReader:
         if count != len(channels):
             self._extremes = 0  # the error says what matters
             self.close()
-            raise DataError(
-                f"{self.path}: {count} band(s), but the band profile lists {len(channels)} "
-                f"({', '.join(channels)}); pass the matching band profile"
-            )
+            raise wrong_band_count(self.path, count)
         self.height, self.width = self.georef["height"], self.georef["width"]
 
     def read(self, row: int, count: int) -> np.ndarray:
@@ -290,10 +294,7 @@ def read_image(
     data, nodata, georef = _read(path, len(channels))
     image, extreme = _as_float(path, data, nodata)
     if image.shape[-1] != len(channels):
-        raise DataError(
-            f"{path}: {image.shape[-1]} band(s), but the band profile lists {len(channels)} "
-            f"({', '.join(channels)}); pass the matching --bands"
-        )
+        raise wrong_band_count(path, image.shape[-1])
     _check_size(path, image, size)
     invalid, extremes = int(np.isnan(image).sum()), int(extreme.sum())
     if invalid:
