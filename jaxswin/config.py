@@ -319,6 +319,14 @@ def _in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
+def check_range(dotted: str, value, given: str | None = None) -> None:
+    """A ConfigError unless `value` lies in RANGES[dotted]; `given` is how the user gave it (an
+    option and its value; default the key and value)."""
+    interval = RANGES[dotted]
+    if not _in_interval(value, interval):
+        raise ConfigError(f"{given or f'{dotted} = {value!r}'} is out of range: allowed {interval}")
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
     """Allowed values of the named-choice keys outside [model], from their registries."""
     from jaxswin import losses, resilience, runtime, tta  # they import jax: only when checked
@@ -350,11 +358,9 @@ def validate(cfg: Config) -> Config:
     from jaxswin.data import bands
     from jaxswin.models.dualswin import validate as validate_model
 
-    for dotted, interval in RANGES.items():
+    for dotted in RANGES:
         section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if not _in_interval(value, interval):
-            raise ConfigError(f"{dotted} = {value!r} is out of range: allowed {interval}")
+        check_range(dotted, getattr(getattr(cfg, section), key))
     for dotted, allowed in _choices().items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)

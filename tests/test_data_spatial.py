@@ -40,6 +40,15 @@ def write_mask(path, fraction, rng, transform=None):
         dst.write(mask)
 
 
+def write_tile(root, split, name, transform, fraction, rng):
+    """A random 7-band GeoTIFF tile and its mask, at `transform`."""
+    (root / split / "images").mkdir(parents=True, exist_ok=True)
+    with rasterio.open(root / split / "images" / f"t{name}.tif", "w", driver="GTiff", width=SIZE, height=SIZE, count=7, dtype="float32",
+                       transform=transform, crs="IAU_2015:49910") as dst:
+        dst.write(rng.random((7, SIZE, SIZE), dtype=np.float32))
+    write_mask(root / split / "masks" / f"t{name}.tif", fraction, rng, transform)
+
+
 @pytest.fixture(scope="module")
 def georeferenced(tmp_path_factory):
     """GeoTIFF tiles on a random grid with a random origin, named in random order (the names
@@ -53,11 +62,7 @@ def georeferenced(tmp_path_factory):
         row, col = cells[i]
         transform = rasterio.Affine(PIXEL_M, 0, x0 + col * step, 0, -PIXEL_M, y0 - row * step)
         split = "train" if rng.random() < 0.8 else "val"
-        (root / split / "images").mkdir(parents=True, exist_ok=True)
-        with rasterio.open(root / split / "images" / f"t{name}.tif", "w", driver="GTiff", width=SIZE, height=SIZE, count=7, dtype="float32",
-                           transform=transform, crs="IAU_2015:49910") as dst:
-            dst.write(rng.random((7, SIZE, SIZE), dtype=np.float32))
-        write_mask(root / split / "masks" / f"t{name}.tif", fractions[i], rng, transform)
+        write_tile(root, split, name, transform, fractions[i], rng)
     return scan(root, bands.CHANNELS, SIZE)
 
 
@@ -301,6 +306,40 @@ def test_cli_prints_the_fold_map_and_writes_a_png(georeferenced, tmp_path, capsy
     assert data_main(["folds", root, "--bands", ",".join(bands.CHANNELS)]) == 0
     out = capsys.readouterr().out
     assert "random folds" in out
+
+
+def test_cli_random_folds_of_a_small_area_need_no_spatial_blocks(tmp_path, capsys):
+    # 40 tiles on 5 x 8 cells: 4 blocks of 4 x 4 tiles, too few for 5 spatial folds, which
+    # random folds never use.
+    rng = np.random.default_rng(7)
+    step = SIZE * PIXEL_M
+    for row, col in np.ndindex(5, 8):
+        transform = rasterio.Affine(PIXEL_M, 0, col * step, 0, -PIXEL_M, -row * step)
+        write_tile(tmp_path, "train", f"{row}_{col}", transform, rng.random(), rng)
+    profile = ",".join(bands.CHANNELS)
+    assert data_main(["folds", str(tmp_path), "--bands", profile]) == 0
+    out = capsys.readouterr().out
+    assert "5 random folds over 40 tiles" in out and len(out.splitlines()) == 1 + 5 + 1 + 5
+    with pytest.raises(SystemExit) as exit_info:
+        data_main(["folds", str(tmp_path), "--bands", profile, "--folds", "spatial"])
+    assert exit_info.value.code == 2 and "use smaller blocks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--num-folds", "0", "--num-folds 0 is out of range: allowed [2, inf)"),
+    ("--num-folds", "1", "--num-folds 1 is out of range: allowed [2, inf)"),
+    ("--seed", "-1", "--seed -1 is out of range: allowed [0, inf)"),
+    ("--png", "map.txt", "map.txt: the map is written as a PNG; give a name ending in .png"),
+])
+def test_cli_bad_values_are_refused_before_reading(georeferenced, tmp_path, capsys, option, value,
+                                                   says):
+    value = str(tmp_path / value) if option == "--png" else value
+    with pytest.raises(SystemExit) as exit_info:
+        data_main(["folds", str(georeferenced.root), "--bands", ",".join(bands.CHANNELS), option,
+                   value])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: ") and "\n" not in err
+    assert says in err and not list(tmp_path.iterdir())
 
 
 def test_cli_bad_option_is_one_line_and_exit_2(georeferenced, capsys):

@@ -9,8 +9,8 @@ One function per subcommand; each only parses its options and calls into the dat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -64,7 +64,8 @@ def add_folds_parser(subparsers) -> None:
     parser.add_argument("--folds", dest="method", default=defaults.folds,
                         choices=folds.METHODS,
                         help=f"how tiles are held out (default: {defaults.folds})")
-    parser.add_argument("--num-folds", type=int, default=defaults.num_folds)
+    parser.add_argument("--num-folds", type=int, default=defaults.num_folds,
+                        help=f"data.num_folds (default: {defaults.num_folds})")
     parser.add_argument("--seed", type=int, default=defaults.fold_seed, help="data.fold_seed")
     parser.add_argument("--block-size", type=int, default=defaults.block_size,
                         help=f"spatial: block side in tiles (default: {defaults.block_size})")
@@ -82,13 +83,23 @@ def folds_command(args) -> int:
     from jaxswin.data import dataset as dataset_lib
     from jaxswin.data import spatial
 
+    # The checks a run's config gets, named as the options given here.
+    for option, key, value in (("--num-folds", "data.num_folds", args.num_folds),
+                               ("--seed", "data.fold_seed", args.seed),
+                               ("--block-size", "data.block_size", args.block_size),
+                               ("--buffer", "data.buffer", args.buffer)):
+        config_lib.check_range(key, value, f"{option} {value}")
+    if args.png and Path(args.png).suffix.lower() != ".png":
+        raise UserError(f"--png {args.png}: the map is written as a PNG; give a name ending "
+                        "in .png")
     dataset = dataset_lib.open_dataset(args.data, args.bands)
     pool = dataset.indices(*folds.CV_SPLITS)
-    plan = spatial.plan(dataset, pool, args.num_folds, args.seed, args.block_size, args.buffer,
-                        args.grid_pattern)
-    if args.method in folds.RANDOM_METHODS:  # the same tiles, dealt as folds.split deals them
+    if args.method == "spatial":
+        plan = spatial.plan(dataset, pool, args.num_folds, args.seed, args.block_size,
+                            args.buffer, args.grid_pattern)
+    else:  # the same tiles, dealt as folds.split deals them
         dealt = folds.RANDOM_METHODS[args.method](dataset, pool, args.num_folds, args.seed)
-        plan = dataclasses.replace(plan, folds=dealt, buffer=0)
+        plan = spatial.random_plan(dataset, pool, dealt, args.num_folds, args.grid_pattern)
     kind = folds.held_out_kind(args.method, 0)
     title = (f"{dataset.root}: {args.num_folds} {kind}s over {len(pool)} tiles "
              f"(positions from {plan.source})")

@@ -231,9 +231,7 @@ def plan(dataset, pool: np.ndarray, num_folds: int, seed: int, block_size: int =
     if buffer < 1:
         raise ConfigError(f"data.buffer={buffer}: at least 1 tile, so that no held-out tile "
                           "touches a training tile")
-    boxes, source = tile_boxes([dataset.samples[i] for i in pool], grid_pattern)
-    cells = tile_cells(boxes)
-    rows, cols = cells[:, 0], cells[:, 1]
+    boxes, rows, cols, source = _positions(dataset, pool, grid_pattern)
     block_cells = np.stack([rows // block_size, cols // block_size], axis=1)
     _, blocks = np.unique(block_cells, axis=0, return_inverse=True)
     blocks = blocks.reshape(-1)
@@ -247,6 +245,22 @@ def plan(dataset, pool: np.ndarray, num_folds: int, seed: int, block_size: int =
     foreground = np.bincount(blocks, weights=fractions)
     block_fold = balance(counts, foreground, num_folds, seed)
     return Plan(pool, boxes, rows, cols, blocks, block_fold[blocks], fractions, num_folds, buffer, source)
+
+
+def random_plan(dataset, pool: np.ndarray, folds: np.ndarray, num_folds: int,
+                grid_pattern: str = "") -> Plan:
+    """Where the pool's tiles lie, held out by random `folds` (one per pool row), for the fold
+    map: each tile its own block, no buffer."""
+    boxes, rows, cols, source = _positions(dataset, pool, grid_pattern)
+    return Plan(pool, boxes, rows, cols, np.arange(len(pool)), folds,
+                dataset.foreground_fractions(pool), num_folds, 0, source)
+
+
+def _positions(dataset, pool: np.ndarray, grid_pattern: str):
+    """(boxes, rows, cols, source) of the pool's tiles, as :class:`Plan` holds them."""
+    boxes, source = tile_boxes([dataset.samples[i] for i in pool], grid_pattern)
+    cells = tile_cells(boxes)
+    return boxes, cells[:, 0], cells[:, 1], source
 
 
 def fold_map(rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> list[str]:
