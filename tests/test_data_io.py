@@ -266,6 +266,19 @@ def test_split_folders_pair_images_and_masks_by_tile_id(tmp_path, image_name, ma
     assert dataset.load()[0] is images  # decoded once
 
 
+def test_a_labelled_split_of_another_name_is_named_unused(tmp_path, caplog):
+    write_split(tmp_path, "train", ["a", "b"])
+    write_split(tmp_path, "dev", ["c", "d", "e"])
+    write_split(tmp_path, "test", ["f"])
+    with caplog.at_level(logging.WARNING, logger="jaxswin.data"):
+        dataset = scan(tmp_path, bands.CHANNELS, SIZE)
+    assert dataset.splits == ("train", "test", "dev")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(tmp_path) in warnings[0]
+    assert "split(s) dev (3 tiles) left unused" in warnings[0]
+    assert "the folds pool train and val" in warnings[0] and "rename" in warnings[0]
+
+
 def test_flat_root_and_csv_lists(tmp_path):
     write_split(tmp_path / "flat", ".", ["x", "y"])
     assert [s.split for s in scan(tmp_path / "flat", bands.CHANNELS, SIZE).samples] == ["train"] * 2

@@ -15,7 +15,8 @@ tiles, and masks without an image, are skipped with one warning line.
 
 A split folder with images/ and no masks/ is an unlabelled split, as the challenge's test/ is:
 its tiles are counted in :attr:`Dataset.unlabelled` and otherwise left alone (predict them with
-``jaxswin.predict --input ROOT/test/images``).
+``jaxswin.predict --input ROOT/test/images``). A labelled split of another name (dev/) is
+listed, but no fold uses it: one warning line names it.
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ def scan(
                     raise DataError(f"{path}: listed in {source}, but no such file")
             samples.append(Sample(io.tile_id(image), image, mask, split))
     io.warn_skipped(skipped, "not a .tif tile, or a mask without its image")
+    _warn_unused_splits(root, samples)
     if not samples:
         aside = "".join(f"; {source} has {unlabelled[split]} images but no masks/ folder"
                         for split, source in sources if split in unlabelled)
@@ -238,6 +240,20 @@ def scan(
             f"or the same under val/, test/ or *_partition/{aside})"
         )
     return Dataset(root, channels, samples, size, resize, unlabelled)
+
+
+def _warn_unused_splits(root: Path, samples: list[Sample]) -> None:
+    """One warning line naming the labelled splits no run uses (a dev/ beside train/, say)."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        if sample.split not in _SPLIT_ORDER:
+            counts[sample.split] = counts.get(sample.split, 0) + 1
+    if counts:
+        listing = ", ".join(f"{split} ({count} tiles)" for split, count in counts.items())
+        io.log.warning(
+            "%s: labelled split(s) %s left unused: the folds pool train and val, and test stays "
+            "held out; rename a split to train or val to train on its tiles", root, listing,
+        )
 
 
 def cache_dir() -> Path:
