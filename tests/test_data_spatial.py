@@ -325,6 +325,19 @@ def test_cli_random_folds_of_a_small_area_need_no_spatial_blocks(tmp_path, capsy
     assert exit_info.value.code == 2 and "use smaller blocks" in capsys.readouterr().err
 
 
+def test_cli_warnings_show_as_the_other_tools_show_them(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    step = SIZE * PIXEL_M
+    for row, col in np.ndindex(2, 5):
+        transform = rasterio.Affine(PIXEL_M, 0, col * step, 0, -PIXEL_M, -row * step)
+        write_tile(tmp_path, "train" if row else "dev", f"{row}_{col}", transform, 0.5, rng)
+    assert data_main(["folds", str(tmp_path), "--bands", ",".join(bands.CHANNELS),
+                      "--num-folds", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {tmp_path}: labelled split(s) dev (5 tiles) left unused")
+    assert "WARNING" not in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("option, value, says", [
     ("--num-folds", "0", "--num-folds 0 is out of range: allowed [2, inf)"),
     ("--num-folds", "1", "--num-folds 1 is out of range: allowed [2, inf)"),

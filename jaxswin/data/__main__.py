@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxswin import cli as cli_lib
 from jaxswin import config as config_lib
+from jaxswin import console
 from jaxswin.data import bands, folds
 from jaxswin.errors import UserError, cli
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    console.setup()  # the readers' warnings as the other tools show them
     return args.run(args)
 
 
