@@ -34,6 +34,7 @@ log = logging.getLogger("jaxswin.data")
 
 TILE_SUFFIXES = (".tif", ".tiff")
 EXTREME = 3.0e38  # |value| at float32's extremes (GDAL's -3.4e38 fill): nodata, declared or not
+_EXTREMES = "at float32's extremes, |v| >= 3e38 as GDAL's -3.4e38 fill, not declared nodata"
 # Longest first, so that ImageT_ is not read as Image plus a T.
 _PREFIXES = ("imaget_", "maskt_", "image_", "mask_")
 
@@ -162,9 +163,6 @@ def _as_float(path: Path, data: np.ndarray, invalid: np.ndarray) -> tuple[np.nda
     invalid |= ~np.isfinite(image) | extreme
     image[invalid] = np.nan
     return image, extreme
-
-
-_EXTREMES = "at float32's extremes, |v| >= 3e38 as GDAL's -3.4e38 fill, not declared nodata"
 
 
 def _read_window(path: Path, src, window=None) -> tuple[np.ndarray, np.ndarray]:
