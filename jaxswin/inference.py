@@ -109,6 +109,15 @@ def load_member(folder: Path) -> Member:
     cfg = config_lib.load_file(folder / CONFIG)
     stats = normalize.Stats.load(folder / STATS)
     variables, _ = weights.load(folder / WEIGHTS)
+    # One NaN tensor makes every probability NaN, which the masks would show as nodata.
+    broken = [name for name, value in weights.flatten(variables).items()
+              if not np.isfinite(value).all()]
+    if broken:
+        raise UserError(
+            f"checkpoint {folder}: {WEIGHTS} holds non-finite values (NaN or Inf) in "
+            f"{len(broken)} tensor(s), e.g. {broken[0]}; the weights are damaged: copy them "
+            "again from the training run, or retrain"
+        )
     return Member(folder, cfg, stats, variables)
 
 
@@ -427,11 +436,24 @@ class Ensemble:
             window = iter(probs)
             for kind, strip, *where in events:
                 if kind == "tile":
-                    strip.add(next(window), *where, self.blend)
+                    prob = next(window)
+                    if not np.isfinite(prob).all():
+                        raise self._broken_models(strip.key)
+                    strip.add(prob, *where, self.blend)
                     continue
                 strip.finish_row(*where)
                 if strip.done:
                     yield strip.key, strip.sink.close()
+
+    def _broken_models(self, key) -> UserError:
+        """Scaled windows are finite: a non-finite probability comes from a model, not the
+        input (written out, it would pass for nodata)."""
+        folders = ", ".join(str(m.folder) for m in self.members)
+        return UserError(
+            f"{key if key is not None else 'the input'}: the models gave non-finite "
+            f"probabilities (NaN or Inf) for valid pixels; a model is broken: check the "
+            f"{WEIGHTS} and {STATS} of {folders}, or leave the broken one out"
+        )
 
     def probability(self, image: np.ndarray, profile: str | tuple[str, ...] | None = None):
         """Probabilities (H, W) of one raw image (H, W, C) of any size whose bands are in

@@ -1,5 +1,6 @@
 """`python -m jaxswin.predict` and the Ensemble API on the tiny preset with random weights."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import rasterio
 
 from jaxswin import config, inference, models, predict, weights
 from jaxswin.data import bands, io, normalize
-from jaxswin.errors import ConfigError
+from jaxswin.errors import ConfigError, UserError
 
 SIZE = 128  # the tiny preset's tile size
 THRESHOLD = 0.51
@@ -315,6 +316,53 @@ def test_unknown_checkpoint_folder(tiles, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, err = _refused(capsys, tmp_path / "empty", root / "images", tmp_path / "out")
     assert code == 2 and "no trained model" in err
+
+
+def _broken_copy(run_dir, tmp_path, edit_stats=None, nan_tensor=False):
+    """A copy of fold0/best with its stats edited or one weight tensor NaN."""
+    best = tmp_path / "broken" / "best"
+    shutil.copytree(run_dir / "fold0" / "best", best)
+    if edit_stats is not None:
+        table = json.loads((best / inference.STATS).read_text())
+        edit_stats(table)
+        (best / inference.STATS).write_text(json.dumps(table))
+    if nan_tensor:
+        variables, meta = weights.load(best / inference.WEIGHTS)
+        flat = weights.flatten(variables)
+        flat[next(iter(flat))] = np.full_like(flat[next(iter(flat))], np.nan)
+        weights.save(best / inference.WEIGHTS, weights.unflatten(flat), meta)
+    return best
+
+
+@pytest.mark.parametrize("damage, expect", [
+    (dict(nan_tensor=True), (inference.WEIGHTS, "non-finite", "1 tensor(s)")),
+    (dict(edit_stats=lambda t: t["mean"].__setitem__(2, float("nan"))),
+     (inference.STATS, "mean of", "= nan", "finite")),
+    (dict(edit_stats=lambda t: t["std"].__setitem__(0, 0.0)),
+     (inference.STATS, "std of", "= 0.0", "above 0")),
+])
+def test_a_broken_model_is_refused_not_mapped_as_nodata(run_dir, tiles, tmp_path, capsys,
+                                                         damage, expect):
+    root, _ = tiles
+    best = _broken_copy(run_dir, tmp_path, **damage)
+    # One broken fold next to good ones would poison the whole ensemble.
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--checkpoint", str(run_dir), str(best), "--input", str(root / "images"),
+                      "--output", str(tmp_path / "out")])
+    code, err = exit_info.value.code, capsys.readouterr().err
+    assert code == 2 and str(best) in err and "Traceback" not in err
+    assert all(text in err for text in expect), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_probabilities_are_an_error_not_nodata(run_dir, tiles):
+    _, images = tiles
+    good = inference.load_member(run_dir / "fold0" / "best")
+    nan = jax.tree.map(lambda leaf: np.full_like(leaf, np.nan), good.variables)
+    broken = dataclasses.replace(good, folder=Path("broken/best"), variables=nan)
+    ensemble = inference.Ensemble([good, broken], "none", batch_size=2)
+    with pytest.raises(UserError, match=r"the input: the models gave non-finite.*broken/best"):
+        ensemble.probability(next(iter(images.values())), bands.CHANNELS)
 
 
 @pytest.mark.parametrize("problem", ["unreadable", "band_count"])

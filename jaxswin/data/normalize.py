@@ -125,4 +125,15 @@ class Stats:
                 f"{path}: stats must list the channels {', '.join(bands.CHANNELS)} with one "
                 "mean and std each"
             )
+        # NaN statistics or a zero std would turn every pixel NaN: masks all nodata, no error.
+        bad = [f"mean of {c} = {m}" for c, m in zip(stats.channels, stats.mean)
+               if not np.isfinite(m)]
+        bad += [f"std of {c} = {s}" for c, s in zip(stats.channels, stats.std)
+                if not (np.isfinite(s) and s > 0)]
+        bad += [f"pos_weight = {stats.pos_weight}"] if not np.isfinite(stats.pos_weight) else []
+        if bad:
+            raise UserError(
+                f"{path}: {', '.join(bad)}; stats must be finite, every std above 0 (the file "
+                "is damaged: copy it again from the training run, or retrain)"
+            )
         return stats
