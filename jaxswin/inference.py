@@ -62,8 +62,8 @@ def best_folders(run: str | Path) -> list[Path]:
     """The best/ folders a run names, for every layout jaxswin.train writes:
 
     a best/ folder; a fold folder (RUN/fold<k>, RUN/official) holding best/; or a training
-    workdir: all its RUN/fold<k>/best (after ``--fold all`` or single folds), else its
-    RUN/official/best (after ``--fold official``). Name RUN/official to use that model when
+    workdir: all its RUN/fold<k>/best (after ``--fold all`` or single folds; a fold<k> without
+    best/ is an error), else its RUN/official/best (after ``--fold official``). Name RUN/official to use that model when
     the workdir holds folds too.
     """
     run = Path(run)
@@ -74,12 +74,23 @@ def best_folders(run: str | Path) -> list[Path]:
     # A fold folder holds config.toml and stats.json too; only a best/ folder holds weights.
     if run.name == "best" or (run / WEIGHTS).exists():
         return [run]
-    folds = sorted(
-        (p for p in run.glob("fold*") if _fold_index(p) is not None and (p / "best").is_dir()),
-        key=_fold_index,
-    )
-    if folds:
-        return [p / "best" for p in folds]
+    folds = sorted((p for p in run.glob("fold*") if _fold_index(p) is not None and p.is_dir()),
+                   key=_fold_index)
+    finished = [p for p in folds if (p / "best").is_dir()]
+    unfinished = [p for p in folds if p not in finished]
+    if finished and unfinished:
+        # Leaving them out would give an ensemble smaller than asked, without a word.
+        lacking = ", ".join(
+            f"{p.name} (only best.tmp/: its save was cut short)" if (p / "best.tmp").is_dir()
+            else p.name for p in unfinished
+        )
+        raise UserError(
+            f"--checkpoint {run}: not every fold has a trained model: no best/ in {lacking}; "
+            "finish training them (rerun jaxswin.train), or name the folds to use: "
+            + " ".join(str(p) for p in finished)
+        )
+    if finished:
+        return [p / "best" for p in finished]
     if (run / "official" / "best").is_dir():
         return [run / "official" / "best"]
     raise UserError(

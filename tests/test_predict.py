@@ -318,6 +318,18 @@ def test_unknown_checkpoint_folder(tiles, tmp_path, capsys):
     assert code == 2 and "no trained model" in err
 
 
+def test_unfinished_folds_are_named_not_left_out(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shutil.move(run / "fold1" / "best", run / "fold1" / "best.tmp")  # its save cut short
+    shutil.rmtree(run / "fold2" / "best")  # still training
+    with pytest.raises(UserError) as err:
+        inference.best_folders(run)
+    assert "fold1 (only best.tmp/" in str(err.value) and "fold2" in str(err.value)
+    assert str(run / "fold0") in str(err.value)  # the way to use the finished ones
+    assert inference.best_folders(run / "fold0") == [run / "fold0" / "best"]
+
+
 def _broken_copy(run_dir, tmp_path, edit_stats=None, nan_tensor=False):
     """A copy of fold0/best with its stats edited or one weight tensor NaN."""
     best = tmp_path / "broken" / "best"
