@@ -35,13 +35,28 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_output(input_arg: Path, output: Path, targets: dict[Path, maps.Targets]) -> None:
-    """Nothing may be written inside --input, nor over an input (links resolved)."""
+    """Nothing may be written inside --input, nor over an input (links resolved); the output
+    folders must be folders or makeable, the output files not folders."""
     if input_arg.is_dir() and _inside(output.resolve(), input_arg.resolve()):
         raise UserError(
             f"--output {output}: is inside --input {input_arg}; choose a separate folder"
         )
+    outputs = [t for paths in targets.values() for t in paths.all()]
+    # Checked before any model is loaded: a file in the way would stop the run at mkdir.
+    for folder in {output, *(t.parent for t in outputs)}:
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(
+                f"--output {output}: {existing} is a file, so the folder {folder} cannot be "
+                "made; move the file away or choose another --output"
+            )
     sources = {source.resolve(): source for source in targets}
-    for target in (t for paths in targets.values() for t in paths.all()):
+    for target in outputs:
+        if target.is_dir():
+            raise UserError(
+                f"--output {output}: {target} is a folder, where an output file goes; move it "
+                "away or choose another --output"
+            )
         if target.resolve() in sources:
             raise UserError(
                 f"--output {output}: writing {target} would overwrite the input "

@@ -341,6 +341,17 @@ def build_with_run_folder(root: Path) -> Path:
     return root
 
 
+def with_output_in_the_way(taken: str, folder: bool = False) -> Callable[[Path], Path]:
+    """A valid dataset, and beside it a file (or folder) where predict wants the other kind."""
+    def build(root: Path) -> Path:
+        valid_dataset(root)
+        path = root.parent / taken
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if folder else path.write_text("a file of the user's")
+        return root
+    return build
+
+
 ROOT_USER = "running as root: permissions do not stop root from reading"
 
 CASES = [
@@ -493,6 +504,16 @@ CASES = [
     Case("predict: --input without tiles", build_empty, "predict",
          lambda d, t: ["--checkpoint", str(t), "--input", str(d), "--output", str(t / "out")],
          ("data", "no .tif/.tiff tiles")),
+    Case("predict: --output is a file", with_output_in_the_way("out"), "predict",
+         predict_args(), ("--output", "out is a file", "choose another --output")),
+    Case("predict: --output inside a file", with_output_in_the_way("taken"), "predict",
+         lambda d, t: ["--checkpoint", str(t / "run"), "--input", str(d / "train" / "images"),
+                       "--output", str(t / "taken" / "out")],
+         ("--output", "taken is a file", "taken/out cannot be made")),
+    Case("predict: --save-prob where out/prob is a file", with_output_in_the_way("out/prob"),
+         "predict", predict_args("--save-prob"), ("--output", "prob is a file", "move the file")),
+    Case("predict: an output file is a folder", with_output_in_the_way("out/Image_1.tif", True),
+         "predict", predict_args("--overwrite"), ("Image_1.tif is a folder", "move it away")),
     Case("predict: --threshold 1.5", valid_dataset, "predict", predict_args("--threshold", "1.5"),
          ("--threshold 1.5", "[0, 1]")),
     Case("predict: --batch-size 0", valid_dataset, "predict", predict_args("--batch-size", "0"),
