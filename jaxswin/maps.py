@@ -25,9 +25,11 @@ import rasterio
 import rasterio.features
 import rasterio.shutil
 import rasterio.windows
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio._err import CPLE_BaseError  # GDAL's errors: rasterio.shutil raises them as they are
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from jaxswin.data import bands, io, normalize
+from jaxswin.errors import UserError
 from jaxswin.inference import NODATA, to_mask
 
 log = logging.getLogger("jaxswin.maps")
@@ -91,12 +93,20 @@ def _open_for_writing(path: Path, profile: dict):
 def to_cog(source: Path, target: Path, resampling: str) -> None:
     """Translates a tiled GeoTIFF into a Cloud-Optimized GeoTIFF with overviews (GDAL's COG
     driver: overviews computed in bounded memory, IFDs first, tiles in order)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        rasterio.shutil.copy(
-            source, target, driver="COG", compress="deflate", predictor="yes",
-            blocksize=BLOCK, bigtiff="IF_SAFER", overview_resampling=resampling,
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            rasterio.shutil.copy(
+                source, target, driver="COG", compress="deflate", predictor="yes",
+                blocksize=BLOCK, bigtiff="IF_SAFER", overview_resampling=resampling,
+            )
+    except (RasterioError, CPLE_BaseError, OSError) as err:
+        if target.is_file():
+            target.unlink()  # a partial COG is no map
+        raise UserError(
+            f"cannot write {target} ({err}); free some space, fix the folder's permissions or "
+            "choose another --output"
+        ) from None
 
 
 class MapWriter:

@@ -1,6 +1,7 @@
 """`python -m jaxswin.predict` and the Ensemble API on the tiny preset with random weights."""
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from jaxswin import config, inference, models, predict, weights
+from jaxswin import config, inference, maps, models, predict, weights
 from jaxswin.data import bands, io, normalize
 from jaxswin.errors import ConfigError, UserError
 
@@ -500,6 +501,24 @@ def test_outputs_are_cloud_optimized_geotiffs(collared_run):
                 assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     with rasterio.open(root / "out" / "wide.tif") as src:
         assert src.overviews(1)  # 1100 x 700 is more than one 512 block: overviews
+
+
+def test_a_cog_that_cannot_be_written_is_named_and_no_partial_file_is_left(tmp_path, monkeypatch):
+    source = tmp_path / "source.tif"
+    _write_tif(source, np.zeros((SIZE, SIZE, 1), np.uint8))
+    (tmp_path / "folder.tif").mkdir()
+    with pytest.raises(UserError, match=r"cannot write .*folder\.tif .*choose another --output"):
+        maps.to_cog(source, tmp_path / "folder.tif", "nearest")
+    assert (tmp_path / "folder.tif").is_dir()
+
+    def fill_the_disk(src, dst, **options):
+        Path(dst).write_bytes(b"half a COG")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(maps.rasterio.shutil, "copy", fill_the_disk)
+    with pytest.raises(UserError, match=r"cannot write .*full\.tif .*No space left"):
+        maps.to_cog(source, tmp_path / "full.tif", "nearest")
+    assert not (tmp_path / "full.tif").exists()
 
 
 def test_windows_without_a_valid_pixel_are_not_computed(run_dir, monkeypatch):
