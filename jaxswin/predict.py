@@ -16,8 +16,11 @@ NAME (mask: uint8 1/0, 255 nodata), prob/NAME (``--save-prob``), polygons/STEM.g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 
 import jax
@@ -25,9 +28,34 @@ import jax
 from jaxswin import cli as cli_lib
 from jaxswin import console, evaluate, inference, maps, metrics, runtime, tta
 from jaxswin.data import bands, inspect, io
-from jaxswin.errors import UserError, cli
+from jaxswin.errors import RunStopped, UserError, cli
 
 log = logging.getLogger("jaxswin.predict")
+
+
+class Terminated(RunStopped):
+    """SIGTERM: the run stops with the status a shell gives a terminated process."""
+
+    exit_code = 128 + signal.SIGTERM
+    prefix = "stopped"
+
+
+def _terminate(signum, frame):
+    raise Terminated("SIGTERM: the maps finished so far are kept, no temporary file is left")
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """SIGTERM raises Terminated, as Ctrl-C raises KeyboardInterrupt, so that the run's
+    `finally` removes its temporaries (by default SIGTERM ends the process on the spot)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -122,7 +150,11 @@ def list_inputs(input_arg: Path) -> list[Path]:
 
 @cli
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    with sigterm_stops():
+        map_inputs(build_parser().parse_args(argv))
+
+
+def map_inputs(args) -> None:
     console.setup()
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,25 @@ def test_existing_outputs_need_overwrite(run_dir, tiles, tmp_path, capsys):
     code, err = _refused(capsys, run_dir, root / "images", tmp_path / "out")
     assert code == 2 and "--overwrite" in err and "Image_1.tif" in err
     assert (tmp_path / "out" / "Image_1.tif").read_bytes() == b"earlier result"
+
+
+def test_sigterm_stops_with_143_and_leaves_no_temporary_files(run_dir, tiles, tmp_path, capsys,
+                                                              monkeypatch):
+    root, _ = tiles
+    write = maps.MapWriter.write
+
+    def write_then_terminate(self, row, prob):  # a scheduler's SIGTERM in mid-scene
+        write(self, row, prob)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(maps.MapWriter, "write", write_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    code, err = _refused(capsys, run_dir / "fold0", root / "images", tmp_path / "out",
+                         "--save-prob", "--tta", "none")
+    assert code == 143 and "stopped: SIGTERM" in err and "Traceback" not in err
+    left = [p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert left == []  # not even the hidden .Image_0.tif.partial.tif
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 @pytest.mark.parametrize("lacking", [inference.STATS, inference.CONFIG, inference.WEIGHTS])
