@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_targets(inputs: list[Path], output: Path, args) -> dict[Path, maps.Targets]:
-    return {
+    """Every input's output files; two inputs may not share one (t.tif and t.tiff share
+    polygons/t.gpkg and preview/t.png)."""
+    targets = {
         path: maps.Targets(
             mask=output / path.name,
             prob=output / "prob" / path.name if args.save_prob else None,
@@ -138,6 +140,16 @@ def plan_targets(inputs: list[Path], output: Path, args) -> dict[Path, maps.Targ
         )
         for path in inputs
     }
+    writer_of: dict[Path, Path] = {}
+    for path, paths in targets.items():
+        for target in paths.all():
+            other = writer_of.setdefault(target, path)
+            if other != path:
+                raise UserError(
+                    f"--input: {other} and {path} would both be written to {target}; rename "
+                    "one of them (or map them into separate --output folders)"
+                )
+    return targets
 
 
 def list_inputs(input_arg: Path) -> list[Path]:

@@ -352,6 +352,13 @@ def with_output_in_the_way(taken: str, folder: bool = False) -> Callable[[Path],
     return build
 
 
+def build_same_stem(root: Path) -> Path:
+    valid_dataset(root)
+    images = root / "train" / "images"
+    (images / "Image_1.tiff").write_bytes((images / "Image_1.tif").read_bytes())
+    return root
+
+
 ROOT_USER = "running as root: permissions do not stop root from reading"
 
 CASES = [
@@ -514,6 +521,9 @@ CASES = [
          "predict", predict_args("--save-prob"), ("--output", "prob is a file", "move the file")),
     Case("predict: an output file is a folder", with_output_in_the_way("out/Image_1.tif", True),
          "predict", predict_args("--overwrite"), ("Image_1.tif is a folder", "move it away")),
+    Case("predict: t.tif and t.tiff share their polygons", build_same_stem, "predict",
+         predict_args("--polygons"), ("Image_1.tif and", "Image_1.tiff", "Image_1.gpkg",
+                                      "rename one")),
     Case("predict: --threshold 1.5", valid_dataset, "predict", predict_args("--threshold", "1.5"),
          ("--threshold 1.5", "[0, 1]")),
     Case("predict: --batch-size 0", valid_dataset, "predict", predict_args("--batch-size", "0"),
