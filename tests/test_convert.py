@@ -181,6 +181,23 @@ def test_cli_rejects_bad_options(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["timm", "twin"])
+@pytest.mark.parametrize("content", [b"a text file\nnot a checkpoint\n",
+                                     np.random.default_rng(0).bytes(3000)], ids=["text", "random"])
+def test_an_unreadable_pth_is_named(command, content, tmp_path, capsys):
+    from jaxswin.convert import __main__ as convert_cli
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(content)
+    model = ["--model", MODELS[0]] if command == "timm" else ["--preset", "tiny"]
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main([command, *model, "--checkpoint", str(bad), "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert f"--checkpoint {bad}: not a readable checkpoint" in error and "torch.save" in error
+    assert not (tmp_path / "o").exists()
+
+
 def test_script_and_module_entry_points_without_network(tmp_path):
     """Both ways of running the CLI work; with no network, timm's pretrained weights cannot be
     fetched and the error says to pass --checkpoint."""

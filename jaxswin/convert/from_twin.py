@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxswin import config, models, weights
 from jaxswin.config import ModelConfig
+from jaxswin.convert import from_timm
 from jaxswin.errors import ConfigError, UserError
 from jaxswin.models import swinv2
 
@@ -118,24 +119,15 @@ def twin_to_flax(state_dict: dict[str, np.ndarray], model_cfg: ModelConfig) -> d
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="the twin's state dict (.pth/.pt)")
+                        help="the twin's state dict (.pth/.pt, or .safetensors)")
     config.add_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch  # only this command needs torch
-
     cfg = config.from_args(args)
     check_config(cfg.model)
-    if not args.checkpoint.is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
-    try:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        raise UserError(f"--checkpoint {args.checkpoint}: cannot read it ({err})") from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"--checkpoint {args.checkpoint}: not a state dict of tensors")
+    state = from_timm.read_checkpoint(args.checkpoint)
     variables = twin_to_flax({k: v.float().numpy() for k, v in state.items()}, cfg.model)
     args.out.mkdir(parents=True, exist_ok=True)
     weights.save(args.out / "model.safetensors", variables, {"source": str(args.checkpoint)})
