@@ -44,8 +44,27 @@ def save(path: str | Path, variables: dict, metadata: dict[str, str] | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(variables).items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    tmp.replace(path)
+    try:
+        save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed save leaves nothing (the file may be 100s of MB)
+        raise
+
+
+def check_target(path: str | Path, option: str, overwrite: bool) -> None:
+    """Before any work, that :func:`save` can write `path` (given as `option`): no file where
+    a folder must be, no folder in its place, an existing file only with `overwrite`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give the file to write, e.g. "
+                        f"{path / 'model.safetensors'}")
+    blocking = next(p for p in path.parents if p.exists())
+    if not blocking.is_dir():
+        raise UserError(f"{option} {path}: {blocking} is a file, not a folder; choose another "
+                        f"{option}")
+    if path.exists() and not overwrite:
+        raise UserError(f"{option} {path}: exists already; pass --overwrite to replace it")
 
 
 def metadata(path: str | Path) -> dict[str, str]:

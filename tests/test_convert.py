@@ -198,6 +198,58 @@ def test_an_unreadable_pth_is_named(command, content, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _taken(tmp_path):
+    """A file, a folder and a trained run's best/ folder in the way of --out."""
+    (tmp_path / "file").write_text("a file of the user's")
+    (tmp_path / "folder").mkdir()
+    best = tmp_path / "best"
+    best.mkdir()
+    for name in ("model.safetensors", "config.toml", "stats.json"):
+        (best / name).write_text(f"the trained run's {name}")
+    return {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("command, out, message", [
+    ("timm", "folder", "folder: is a folder; give the file to write"),
+    ("timm", "file/x.safetensors", "file is a file, not a folder; choose another --out"),
+    ("timm", "file", "file: exists already; pass --overwrite"),
+    ("twin", "file", "file is a file, not a folder; choose another --out"),
+    ("twin", "file/x", "file is a file, not a folder"),
+    ("twin", "best", "best/model.safetensors: exists already; pass --overwrite"),
+])
+def test_an_out_in_the_way_is_refused_before_any_work(command, out, message, tmp_path, capsys):
+    from jaxswin.convert import __main__ as convert_cli
+
+    before = _taken(tmp_path)
+    model = ["--model", MODELS[0]] if command == "timm" else ["--preset", "tiny"]
+    with pytest.raises(SystemExit) as exit_info:  # checked before the (missing) checkpoint
+        convert_cli.main([command, *model, "--checkpoint", str(tmp_path / "none.pth"),
+                          "--out", str(tmp_path / out)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert f"error: --out {tmp_path / out}" in error and message in error, error
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_replaces_an_existing_out(checkpoint, tmp_path):
+    out = tmp_path / "out.safetensors"
+    out.write_text("an earlier conversion")
+    timm_to_flax.main(["--model", MODELS[0], "--checkpoint", str(checkpoint(MODELS[0])),
+                       "--out", str(out), "--overwrite"])
+    assert weights.metadata(out)["model"] == MODELS[0]
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def fill_the_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(weights, "save_file", fill_the_disk)
+    with pytest.raises(OSError):
+        weights.save(tmp_path / "w.safetensors", {"a": np.zeros(3, np.float32)})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_script_and_module_entry_points_without_network(tmp_path):
     """Both ways of running the CLI work; with no network, timm's pretrained weights cannot be
     fetched and the error says to pass --checkpoint."""

@@ -1,7 +1,7 @@
 """Converts timm SwinV2 weights to a Flax variables file for jaxswin.models.swinv2.
 
     jaxswin-convert timm --model swinv2_small_window8_256 [--checkpoint FILE] [--in-chans N]
-        [--img-size 128] --out OUT.safetensors
+        [--img-size 128] --out OUT.safetensors [--overwrite]
 
 Without --checkpoint the weights are timm's pretrained ones (Hugging Face hub or its local
 cache). With it, FILE is a state dict saved as .safetensors, .pth/.pt or .bin: a timm model's
@@ -17,6 +17,7 @@ rule used for the patch embedding (see --in-chans).
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from jaxswin import weights
@@ -48,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=128,
                         help="input size the backbone is built for (default 128)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -118,8 +120,19 @@ def check_arguments(args: argparse.Namespace) -> swinv2.SwinV2Config:
     return config
 
 
+@contextlib.contextmanager
+def writing(out: Path):
+    """An OSError while writing (disk full, permissions) becomes a UserError naming --out."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write it ({err.strerror or err}); free some "
+                        "space, fix its permissions or choose another --out") from None
+
+
 def run(args: argparse.Namespace) -> None:
     config = check_arguments(args)
+    weights.check_target(args.out, "--out", args.overwrite)
     state = timm_state_dict(args.model, args.checkpoint, args.img_size)
     arrays = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
     try:
@@ -133,5 +146,6 @@ def run(args: argparse.Namespace) -> None:
         "source": str(args.checkpoint) if args.checkpoint else "timm pretrained",
         "channel_rule": swinv2.channel_rule(args.in_chans),
     }
-    weights.save(args.out, variables, metadata)
+    with writing(args.out):
+        weights.save(args.out, variables, metadata)
     print(f"wrote {args.out}: {args.model}, in_chans {args.in_chans}, img_size {args.img_size}")

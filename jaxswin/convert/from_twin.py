@@ -3,7 +3,8 @@
     jaxswin-convert twin --checkpoint TWIN.pth [--preset paper] [--set model.k=v ...] --out DIR
 
 writes DIR/model.safetensors ({"params", "batch_stats"}, as a training run's best/ folder holds)
-and DIR/config.toml. Add the stats.json of the twin's training data beside them to predict.
+and DIR/config.toml (existing ones only with --overwrite). Add the stats.json of the twin's
+training data beside them to predict.
 
 The encoders go through jaxswin.models.swinv2.timm_to_flax; every other tensor maps by name
 (the twin's modules are named like the Flax variables): conv/linear weights become kernels in
@@ -23,6 +24,7 @@ from jaxswin import config, models, weights
 from jaxswin.config import ModelConfig
 from jaxswin.convert import from_timm
 from jaxswin.errors import ConfigError, UserError
+from jaxswin.inference import CONFIG, STATS, WEIGHTS
 from jaxswin.models import swinv2
 
 DESCRIPTION = "Convert a state dict of the PyTorch twin to a jaxswin run folder."
@@ -122,17 +124,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the twin's state dict (.pth/.pt, or .safetensors)")
     config.add_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace the {WEIGHTS} and {CONFIG} of an existing --out")
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = config.from_args(args)
     check_config(cfg.model)
+    for name in (WEIGHTS, CONFIG):
+        weights.check_target(args.out / name, "--out", args.overwrite)
     state = from_timm.read_checkpoint(args.checkpoint)
     variables = twin_to_flax({k: v.float().numpy() for k, v in state.items()}, cfg.model)
-    args.out.mkdir(parents=True, exist_ok=True)
-    weights.save(args.out / "model.safetensors", variables, {"source": str(args.checkpoint)})
-    (args.out / "config.toml").write_text(config.to_toml(cfg))
-    print(
-        f"wrote {args.out}/model.safetensors and config.toml; "
-        "add the training data's stats.json beside them to predict"
-    )
+    with from_timm.writing(args.out):
+        args.out.mkdir(parents=True, exist_ok=True)
+        weights.save(args.out / WEIGHTS, variables, {"source": str(args.checkpoint)})
+        (args.out / CONFIG).write_text(config.to_toml(cfg))
+    # A stats.json already there (a trained run's best/) belongs to another model, maybe.
+    stats = (f"the {STATS} already there is kept: it must be the statistics of the twin's "
+             "training data" if (args.out / STATS).exists()
+             else f"add the training data's {STATS} beside them to predict")
+    print(f"wrote {args.out}/{WEIGHTS} and {CONFIG}; {stats}")
