@@ -34,6 +34,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -359,6 +360,7 @@ class Ensemble:
         self.precision = runtime.resolve_precision(precision or defaults.precision)
         self.profile = trained_profile(members)
         self.tile = sizes.pop()
+        _check_batch_memory(batch_size, self.tile)
         self.blend = blend_window(self.tile)
         placement = parallel.Placement.all_devices()
         self.batch_sharding, replicated = placement.data, placement.replicated
@@ -504,6 +506,21 @@ class Ensemble:
         image = image.astype(np.float32)[..., bands.to_canonical(order)]
         image[~np.isfinite(image)] = np.nan
         return image
+
+
+def _check_batch_memory(batch_size: int, tile: int) -> None:
+    """A batch's tiles alone must fit in half the machine's memory (they are held on the host
+    and copied to the devices, besides the models' activations); a larger batch would only
+    stop with a MemoryError."""
+    tile_bytes = tile * tile * len(bands.CHANNELS) * np.dtype(np.float32).itemsize
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if batch_size * tile_bytes > memory / 2:
+        raise ConfigError(
+            f"batch size {batch_size}: its {tile}x{tile} tiles alone take "
+            f"{batch_size * tile_bytes / 2**30:.1f} GiB, more than half this machine's "
+            f"{memory / 2**30:.1f} GiB; use at most {int(memory / 2 // tile_bytes)} (--batch-size "
+            "or predict.batch_size; a few dozen tiles already keep a device busy)"
+        )
 
 
 def to_mask(prob: np.ndarray, threshold: float) -> np.ndarray:

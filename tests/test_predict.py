@@ -303,6 +303,16 @@ def test_existing_outputs_need_overwrite(run_dir, tiles, tmp_path, capsys):
     assert (tmp_path / "out" / "Image_1.tif").read_bytes() == b"earlier result"
 
 
+def test_a_batch_larger_than_memory_is_refused_before_any_output(run_dir, tiles, tmp_path,
+                                                                 capsys):
+    root, _ = tiles
+    code, err = _refused(capsys, run_dir / "fold0", root / "images", tmp_path / "out",
+                         "--batch-size", "100000000")
+    assert code == 2 and "Traceback" not in err
+    assert "batch size 100000000" in err and "GiB" in err and "--batch-size" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_sigterm_stops_with_143_and_leaves_no_temporary_files(run_dir, tiles, tmp_path, capsys,
                                                               monkeypatch):
     root, _ = tiles
