@@ -28,7 +28,7 @@ import jax
 from jaxswin import cli as cli_lib
 from jaxswin import console, evaluate, inference, maps, metrics, runtime, tta
 from jaxswin.data import bands, inspect, io
-from jaxswin.errors import RunStopped, UserError, cli
+from jaxswin.errors import DataError, RunStopped, UserError, cli
 
 log = logging.getLogger("jaxswin.predict")
 
@@ -207,6 +207,7 @@ def map_inputs(args) -> None:
     # Before the models are built: a contradicted profile stops at once, naming the right one.
     inspect.check(inputs, channels, args.band_check or members[0].config.data.band_check,
                   f"the files of --input {input_arg}", option="--band-check")
+    check_mask_sizes(truth, channels, args.masks)
     ensemble = inference.Ensemble(
         members, args.tta, args.batch_size, args.precision, args.threshold
     )
@@ -243,6 +244,21 @@ def map_inputs(args) -> None:
         scores = {**metrics.summarize(counts), "tiles": len(counts)}
         metrics_file.write_text(json.dumps(scores, indent=2) + "\n")
         print(evaluate.format_table(scores))
+
+
+def check_mask_sizes(truth: dict[Path, Path], channels, masks_arg) -> None:
+    """Before any map is written: every --masks file has its input's size (else the scoring
+    would stop midway, with some masks written)."""
+    for path, mask_path in truth.items():
+        with io.SceneReader(path, channels) as reader:
+            size = (reader.height, reader.width)
+        mask_size = io.read_mask(mask_path, size=None).shape
+        if mask_size != size:
+            raise DataError(
+                f"--masks {masks_arg}: {mask_path} is {mask_size[0]}x{mask_size[1]} pixels but "
+                f"its input {path} is {size[0]}x{size[1]}; give each input the mask of its own "
+                "tile, of the same size"
+            )
 
 
 def report(path, written, targets: maps.Targets, channels, truth_path, counts) -> None:

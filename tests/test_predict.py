@@ -303,6 +303,19 @@ def test_existing_outputs_need_overwrite(run_dir, tiles, tmp_path, capsys):
     assert (tmp_path / "out" / "Image_1.tif").read_bytes() == b"earlier result"
 
 
+def test_a_mask_of_another_size_is_named_before_any_map_is_written(run_dir, tiles, tmp_path,
+                                                                   capsys):
+    root, _ = tiles
+    shutil.copytree(root / "masks", tmp_path / "masks")
+    _write_tif(tmp_path / "masks" / "Mask_2.tif", np.ones((64, 64, 1), np.uint8))
+    code, err = _refused(capsys, run_dir / "fold0", root / "images", tmp_path / "out",
+                         "--masks", tmp_path / "masks")
+    assert code == 2 and "Traceback" not in err
+    assert f"--masks {tmp_path / 'masks'}: {tmp_path / 'masks' / 'Mask_2.tif'} is 64x64" in err
+    assert f"Image_2.tif is {SIZE}x{SIZE}" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_batch_larger_than_memory_is_refused_before_any_output(run_dir, tiles, tmp_path,
                                                                  capsys):
     root, _ = tiles
