@@ -68,6 +68,9 @@ def best_folders(run: str | Path) -> list[Path]:
     the workdir holds folds too.
     """
     run = Path(run)
+    if run.is_file():
+        raise UserError(f"--checkpoint {run}: is a file; pass its folder ({run.parent}), which "
+                        f"holds {WEIGHTS}, {CONFIG} and {STATS} together")
     if not run.is_dir():
         raise UserError(f"--checkpoint {run}: no such folder")
     if (run / "best").is_dir():

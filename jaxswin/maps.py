@@ -245,9 +245,7 @@ def write_polygons(mask_path: Path, prob_path: Path, target: Path, min_area: flo
     written = 0
     with rasterio.open(mask_path) as masks, rasterio.open(prob_path) as probs:
         crs = masks.crs
-        ground_area = _GroundArea(crs)
-        if crs is None and min_area > 0:
-            log.warning("%s: no CRS, so no areas in m²: min-area is not applied", mask_path)
+        ground_area = _GroundArea(crs)  # None without a CRS: min_area is not applied
         band = rasterio.band(masks, 1)
         with fiona.open(
             target, "w", driver="GPKG", layer=LAYER, schema=schema,

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 from pathlib import Path
@@ -172,7 +173,7 @@ def map_inputs(args) -> None:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold {args.threshold}: must be a probability in [0, 1]")
-    if args.min_area < 0:
+    if not 0 <= args.min_area < math.inf:  # NaN too: it compares false
         raise UserError(f"--min-area {args.min_area}: must be an area in m², at least 0")
     runtime.enable_compilation_cache()
 
@@ -190,6 +191,9 @@ def map_inputs(args) -> None:
         )
     truth = {}
     if args.masks:
+        if not Path(args.masks).is_dir():
+            raise UserError(f"--masks {args.masks}: no such folder; give the folder of the "
+                            "ground-truth masks")
         by_id = evaluate.tiles_by_id(args.masks)
         truth = dict(evaluate.pair({io.tile_id(p): p for p in inputs}, by_id, args.masks))
 
@@ -222,6 +226,8 @@ def map_inputs(args) -> None:
     writers: list[maps.MapWriter] = []
 
     def make_sink(path: Path, reader: io.SceneReader) -> maps.MapWriter:
+        if args.polygons and args.min_area > 0 and reader.georef["crs"] is None:
+            log.warning(f"{path}: no CRS, so no areas in m²: --min-area is not applied")
         writers.append(maps.MapWriter(
             targets[path], reader.georef, ensemble.threshold, args.prob_dtype, args.min_area
         ))

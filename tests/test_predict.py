@@ -316,6 +316,17 @@ def test_a_mask_of_another_size_is_named_before_any_map_is_written(run_dir, tile
     assert not (tmp_path / "out").exists()
 
 
+def test_the_no_crs_min_area_warning_names_the_input(run_dir, tiles, tmp_path, capsys):
+    root, images = tiles
+    _write_tif(tmp_path / "in" / "plain.tif", _to_profile(images["Image_0.tif"], "pbvs2026"),
+               crs=None)
+    _predict(*map(str, (run_dir / "fold0", tmp_path / "in", tmp_path / "out")), "--tta", "none",
+             "--polygons", "--min-area", "5")
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "no CRS" in line]
+    assert str(tmp_path / "in" / "plain.tif") in warning and ".partial" not in warning
+    assert "--min-area is not applied" in warning
+
+
 def test_a_batch_larger_than_memory_is_refused_before_any_output(run_dir, tiles, tmp_path,
                                                                  capsys):
     root, _ = tiles
