@@ -64,8 +64,8 @@ def best_folders(run: str | Path) -> list[Path]:
 
     a best/ folder; a fold folder (RUN/fold<k>, RUN/official) holding best/; or a training
     workdir: all its RUN/fold<k>/best (after ``--fold all`` or single folds; a fold<k> without
-    best/ is an error), else its RUN/official/best (after ``--fold official``). Name RUN/official to use that model when
-    the workdir holds folds too.
+    best/ is an error), else its RUN/official/best (after ``--fold official``). Name
+    RUN/official to use that model when the workdir holds folds too.
     """
     run = Path(run)
     if run.is_file():

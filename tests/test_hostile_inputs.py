@@ -524,8 +524,9 @@ CASES = [
     Case("predict: t.tif and t.tiff share their polygons", build_same_stem, "predict",
          predict_args("--polygons"), ("Image_1.tif and", "Image_1.tiff", "Image_1.gpkg",
                                       "rename one")),
-    Case("predict: --checkpoint a model.safetensors", with_output_in_the_way(
-        "run/best/model.safetensors"), "predict", predict_args(checkpoint="run/best/model.safetensors"),
+    Case("predict: --checkpoint a model.safetensors",
+         with_output_in_the_way("run/best/model.safetensors"), "predict",
+         predict_args(checkpoint="run/best/model.safetensors"),
          ("--checkpoint", "model.safetensors: is a file", "pass its folder", "run/best")),
     Case("predict: --masks missing", valid_dataset, "predict",
          lambda d, t: [*predict_args()(d, t), "--masks", str(t / "nope")],
