@@ -276,8 +276,12 @@ def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: TrainState):
-    """The newest readable checkpoint as (state, meta); a damaged one falls back to the one before."""
+    """The newest readable checkpoint as (state, meta), (None, None) without any checkpoint.
+
+    Newer ones that cannot be read are moved aside (set_aside_unreadable), so that the run writes
+    those steps again; if none can be read, the run stops rather than start over beside them."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             restored = manager.restore(
@@ -286,22 +290,57 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState):
                     state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
                 ),
             )
-            return restored.state, restored.meta
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint: try the previous one
-            log.warning("checkpoint %s in %s is unreadable (%s: %s); falling back to an earlier "
-                        "one", step, manager.directory, type(err).__name__, str(err)[:200])
+            log.warning("checkpoint %s in %s is unreadable (%s: %s)", step, manager.directory,
+                        type(err).__name__, str(err)[:200])
+            unreadable.append(step)
+            continue
+        set_aside_unreadable(manager, unreadable)
+        return restored.state, restored.meta
+    if unreadable:
+        folder = Path(manager.directory)
+        raise UserError(
+            f"none of the checkpoints in {folder} can be read (steps "
+            f"{', '.join(map(str, sorted(unreadable)))}), so the run cannot resume; choose "
+            f"another --workdir (this one stays as it is), or move {folder} aside to train the "
+            "fold here again from scratch (replacing its best/ and logs)"
+        )
     return None, None
+
+
+def set_aside_unreadable(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Renames the folders of unreadable checkpoints to `<step>.unreadable`, kept for a look:
+    orbax no longer counts them, so the resumed run saves those steps again (orbax skips a step
+    at or before the latest it holds)."""
+    if not steps:
+        return
+    folder = Path(manager.directory)
+    if parallel.is_main():
+        for step in steps:
+            aside = folder / f"{step}.unreadable"
+            with resilience.writing("the unreadable checkpoint aside to", aside):
+                (folder / str(step)).rename(aside)
+            log.warning("moved the unreadable checkpoint %s aside to %s; the run writes step %s "
+                        "again", folder / str(step), aside, step)
+    parallel.sync("jaxswin.train: unreadable checkpoints set aside")
+    manager.reload()
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     """Checkpoints `state` under its global `step` with `meta` (see restore_or_start); orbax
     writes into a temporary folder and renames it when complete, so a failed write leaves the
     earlier checkpoints as they were. A step already saved is not saved again."""
-    if manager.latest_step() == step:
+    latest = manager.latest_step()
+    if latest == step:
         return
     with resilience.writing("a checkpoint to", Path(manager.directory)):
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)))
+        saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           meta=ocp.args.JsonSave(meta)))
+    if not saved:  # orbax skips a step before the latest it holds
+        raise resilience.StorageError(
+            f"cannot write the checkpoint of step {step} to {manager.directory}: it already holds "
+            f"a later step ({latest}); move it aside or choose another --workdir"
+        )
 
 
 def finish_checkpoints(manager: ocp.CheckpointManager) -> None:

@@ -15,7 +15,7 @@ from orbax.checkpoint._src.path import atomicity
 from jaxswin import config as config_lib
 from jaxswin import data as data_lib
 from jaxswin import resilience, train, weights
-from jaxswin.errors import ConfigError
+from jaxswin.errors import ConfigError, UserError
 
 
 def enospc(*args, **kwargs):
@@ -157,3 +157,51 @@ def test_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_path,
 
 async def enospc_async(self):
     enospc()
+
+
+def saved_steps(folder, steps) -> ocp.CheckpointManager:
+    """A checkpoint folder with the state {"w": step} saved at each of `steps`."""
+    manager = train.checkpoint_manager(folder, keep=len(steps))
+    for step in steps:
+        train.save_checkpoint(manager, step, {"w": jnp.full(4, float(step))}, {"epoch": step})
+    manager.wait_until_finished()
+    return train.checkpoint_manager(folder, keep=len(steps))
+
+
+def blank(step_dir) -> None:
+    """Empties every file of a checkpoint, as a disk fault or an interrupted copy leaves it."""
+    for path in step_dir.rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+
+
+def test_unreadable_latest_checkpoint_is_set_aside_and_written_again(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    manager = saved_steps(folder, [3, 6])
+    blank(folder / "6")
+    state, meta = train.restore_latest(manager, {"w": jnp.zeros(4)})
+    np.testing.assert_array_equal(state["w"], np.full(4, 3.0))
+    assert meta == {"epoch": 3}
+    assert (folder / "6.unreadable").is_dir() and not (folder / "6").exists()
+    assert "moved the unreadable checkpoint" in caplog.text
+    assert manager.all_steps() == [3]
+    train.save_checkpoint(manager, 6, {"w": jnp.full(4, 7.0)}, {"epoch": 6})
+    manager.wait_until_finished()
+    assert train.checkpoint_manager(folder, keep=2).all_steps() == [3, 6]
+
+
+def test_no_readable_checkpoint_stops_instead_of_starting_over(tmp_path):
+    folder = tmp_path / "checkpoints"
+    manager = saved_steps(folder, [3, 6])
+    blank(folder / "3")
+    blank(folder / "6")
+    with pytest.raises(UserError) as error:
+        train.restore_latest(manager, {"w": jnp.zeros(4)})
+    assert str(folder) in str(error.value) and "--workdir" in str(error.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["3", "6"]  # left as they were
+
+
+def test_checkpoint_not_written_by_orbax_is_an_error(tmp_path):
+    manager = saved_steps(tmp_path / "checkpoints", [6])
+    with pytest.raises(resilience.StorageError, match="already holds a later step"):
+        train.save_checkpoint(manager, 3, {"w": jnp.zeros(4)}, {"epoch": 3})
