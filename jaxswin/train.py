@@ -435,13 +435,37 @@ def epoch_scalars(record: dict) -> dict[str, float]:
 
 
 def truncate_log(path: Path, keep) -> list[dict]:
-    """Keeps the records of a .jsonl log for which `keep(record)` holds and returns them."""
+    """Keeps the records of a .jsonl log for which `keep(record)` holds and returns them. Lines
+    at its end that are no record (an append cut short by a kill or a full disk) are dropped with
+    a warning; such a line before a record is an error."""
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if keep(r)]
+    # Undecodable bytes too are what a cut-short append can leave.
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = [decode_record(line) for line in lines]
+    complete = len(records)
+    while complete and records[complete - 1] is None:
+        complete -= 1
+    if complete < len(records):
+        log.warning("%s: dropped %d line(s) at its end that are no JSON record (an append cut "
+                    "short)", path, len(records) - complete)
+    if None in records[:complete]:
+        raise UserError(
+            f"{path}: line {records.index(None) + 1} is not a JSON record, but records follow "
+            "it; repair or delete that line, or choose another --workdir"
+        )
+    records = [r for r in records[:complete] if keep(r)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
+
+
+def decode_record(line: str) -> dict | None:
+    """The JSON object on a log line, None if the line holds none."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_curves(path: Path, history: list[dict]) -> None:

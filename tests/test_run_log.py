@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from jaxswin.errors import UserError
 from jaxswin.train import RunLog
 
 
@@ -65,3 +66,25 @@ def test_without_tensorboard_no_event_files(tmp_path):
     log.epoch(record(1, np.random.default_rng()))
     log.close()
     assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "steps.jsonl"])
+def test_line_cut_short_at_the_end_is_dropped_on_resume(tmp_path, caplog, name):
+    """A kill or a full disk in the middle of an append leaves half a line."""
+    rng = np.random.default_rng()
+    records = [record(epoch, rng) for epoch in (1, 2)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / name).write_text(text + json.dumps(record(3, rng))[:25])
+    RunLog(tmp_path, completed_epochs=2, completed_steps=7)
+    assert (tmp_path / name).read_text() == text
+    assert f"{name}: dropped 1 line(s)" in caplog.text
+
+
+def test_damaged_line_before_records_is_an_error_naming_it(tmp_path):
+    rng = np.random.default_rng()
+    lines = [json.dumps(record(1, rng)), "{\"epoch\": 2, \"lo", json.dumps(record(3, rng))]
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "metrics.jsonl").write_text(text)
+    with pytest.raises(UserError, match="metrics.jsonl: line 2 is not a JSON record"):
+        RunLog(tmp_path, completed_epochs=3, completed_steps=9)
+    assert (tmp_path / "metrics.jsonl").read_text() == text  # left for the user to repair
