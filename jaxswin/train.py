@@ -253,21 +253,31 @@ def fold_dirname(fold) -> str:
 
 
 def open_run(cfg: config_lib.Config, fold, workdir: Path) -> Path:
-    """The fold's run folder, refusing one that holds a run of another configuration."""
+    """The fold's run folder, refusing one that holds a run of another configuration. A folder
+    without any checkpoint holds nothing to resume (a start that failed before its first
+    checkpoint, such as on a bad option): it takes the new configuration."""
     fold_dir = workdir / fold_dirname(fold)
     resilience.check_writable(fold_dir)  # a read-only or full folder fails here, not at epoch 1
     config_text = config_lib.to_toml(cfg)
     saved_config = fold_dir / "config.toml"
     if saved_config.exists() and saved_config.read_text() != config_text:
-        raise ConfigError(
-            f"{fold_dir} holds a run with a different configuration ({saved_config}); "
-            "rerun with the same options to resume it, or choose another --workdir"
-        )
+        if has_checkpoint(fold_dir / "checkpoints"):
+            raise ConfigError(
+                f"{fold_dir} holds a run with a different configuration ({saved_config}); "
+                "rerun with the same options to resume it, or choose another --workdir"
+            )
+        log.info("%s holds no checkpoint of its earlier configuration: it takes this one",
+                 fold_dir)
     parallel.sync("jaxswin.train: run config checked")  # every process read it before 0 writes
     if parallel.is_main():
         saved_config.write_text(config_text)
         resilience.recover_dir(fold_dir / "best")
     return fold_dir
+
+
+def has_checkpoint(directory: Path) -> bool:
+    """Whether `directory` holds a checkpoint (orbax names each folder by its step)."""
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:

@@ -28,7 +28,9 @@ import pytest
 import rasterio
 import tifffile
 
+from jaxswin import config as config_lib
 from jaxswin import evaluate, predict, train
+from jaxswin.errors import ConfigError
 from jaxswin.data import io, open_dataset
 from test_data_io import TRANSFORM, write_geotiff
 
@@ -615,6 +617,26 @@ def test_hostile_input(case, tmp_path, capsys, caplog):
         assert snapshot(data) == before, "something was written under the dataset"
     finally:
         restore_permissions(tmp_path)
+
+
+def test_start_that_failed_before_any_checkpoint_leaves_the_run_folder_open(tmp_path, capsys):
+    """A bad option found after the run folder was opened (a batch larger than the tiles) must
+    not refuse the corrected rerun as "a different configuration": nothing was trained."""
+    data = valid_dataset(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(train_args("--set", "train.batch_size=1000")(data, tmp_path))
+    assert exit_info.value.code == 2
+    assert "train.batch_size=1000" in capsys.readouterr().err
+    workdir, fold_dir = tmp_path / "run", tmp_path / "run" / "fold0"
+    corrected = train.load_config(train.build_parser().parse_args(train_args()(data, tmp_path)))
+    assert fold_dir.is_dir() and (fold_dir / "config.toml").read_text() != config_lib.to_toml(
+        corrected)
+    train.open_run(corrected, 0, workdir)
+    assert "takes this one" in capsys.readouterr().err
+    assert (fold_dir / "config.toml").read_text() == config_lib.to_toml(corrected)
+    (fold_dir / "checkpoints" / "3").mkdir(parents=True)  # a run to resume: never mixed
+    with pytest.raises(ConfigError, match="different configuration"):
+        train.open_run(dataclasses.replace(corrected, name="other"), 0, workdir)
 
 
 # ----------------------------------------------------------------------------- real processes
