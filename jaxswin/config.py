@@ -177,12 +177,27 @@ def locate(name_or_path: str) -> Traversable:
     )
 
 
-def read_toml(source: Traversable) -> dict:
-    """The TOML table of a config file or preset; a missing or malformed file is a ConfigError."""
+def read_text(source: Traversable, fix: str) -> str:
+    """The text of a config file; one that is missing or cannot be read as text (a folder, a
+    binary file, no permission) is a ConfigError naming it and `fix`."""
     try:
-        return tomllib.loads(source.read_text())
+        return source.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such config file") from None
+    except IsADirectoryError:
+        reason = "it is a folder"
+    except UnicodeDecodeError as err:
+        reason = f"not a text file ({err.reason} at byte {err.start})"
+    except OSError as err:
+        reason = err.strerror or str(err)
+    raise ConfigError(f"{source}: cannot be read as a config file, {reason}; {fix}")
+
+
+def read_toml(source: Traversable) -> dict:
+    """The TOML table of a config file or preset; a missing or malformed file is a ConfigError."""
+    text = read_text(source, "pass a preset name or a TOML file")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML ({err})") from None
 
@@ -265,6 +280,9 @@ def _read_file(source: Path | Traversable, _seen: tuple[str, ...]) -> Config:
         raise ConfigError(f"{source}: 'base' presets form a cycle ({chain})")
     table = read_toml(source)
     base = table.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{source}: 'base' must be a preset name or a .toml path in quotes, "
+                          f"got {base!r}")
     cfg = _load(base, (*_seen, str(source))) if base else Config()
     table.setdefault("name", source.name.removesuffix(".toml"))
     return merge(cfg, table, str(source))

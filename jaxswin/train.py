@@ -260,7 +260,8 @@ def open_run(cfg: config_lib.Config, fold, workdir: Path) -> Path:
     resilience.check_writable(fold_dir)  # a read-only or full folder fails here, not at epoch 1
     config_text = config_lib.to_toml(cfg)
     saved_config = fold_dir / "config.toml"
-    if saved_config.exists() and saved_config.read_text() != config_text:
+    if saved_config.exists() and config_lib.read_text(
+            saved_config, "move it aside or choose another --workdir") != config_text:
         if has_checkpoint(fold_dir / "checkpoints"):
             raise ConfigError(
                 f"{fold_dir} holds a run with a different configuration ({saved_config}); "

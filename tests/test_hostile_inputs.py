@@ -291,6 +291,23 @@ def build_config_file(text: str) -> Callable[[Path], Path]:
     return build
 
 
+def build_binary_config_file(root: Path) -> Path:
+    valid_dataset(root)
+    (root.parent / "my run.toml").write_bytes(bytes(range(256)))
+    return root
+
+
+def with_saved_config(make: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """A valid dataset beside a run folder whose fold0/config.toml `make(path)` creates."""
+    def build(root: Path) -> Path:
+        valid_dataset(root)
+        saved = root.parent / "run" / "fold0" / "config.toml"
+        saved.parent.mkdir(parents=True)
+        make(saved)
+        return root
+    return build
+
+
 def set_case(name: str, setting: str, *expect: str) -> Case:
     """jaxswin.train on a valid dataset with `--set setting`, which must fail."""
     return Case(name, valid_dataset, "train", train_args("--set", setting), expect)
@@ -497,6 +514,17 @@ CASES = [
          ("train.ema_decay = 1.0", "(0, 1)")),
     Case("config file: not TOML", build_config_file("[train\nlr = 1\n"), "train",
          config_file_args, ("my run.toml", "not valid TOML")),
+    Case("config file: binary", build_binary_config_file, "train", config_file_args,
+         ("my run.toml", "not a text file", "TOML file")),
+    Case("config file: a folder", valid_dataset, "train",
+         lambda d, t: [*train_args()(d, t), "--preset", str(t)], ("it is a folder", "preset name")),
+    Case("config file: base not a string", build_config_file("base = 5\n"), "train",
+         config_file_args, ("my run.toml", "'base' must be a preset name", "got 5")),
+    Case("run folder: saved config.toml binary", with_saved_config(
+        lambda saved: saved.write_bytes(b"\xff\xfe\x00 not text")), "train", train_args(),
+         ("fold0/config.toml", "not a text file", "--workdir")),
+    Case("run folder: saved config.toml a folder", with_saved_config(Path.mkdir), "train",
+         train_args(), ("fold0/config.toml", "it is a folder", "--workdir")),
     # --- jaxswin.predict -----------------------------------------------------------------------
     Case("predict: --checkpoint missing", valid_dataset, "predict", predict_args(),
          ("--checkpoint", "run", "no such folder")),
