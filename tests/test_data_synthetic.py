@@ -57,6 +57,15 @@ def test_tiles_have_mmls_like_statistics():
     assert np.isfinite(np.stack(list(stack.values()))).all()
 
 
+def test_default_dataset_is_resized_to_another_model_size_as_any_data(tmp_path, monkeypatch):
+    """model.img_size other than the synthetic tiles' follows data.resize, as with --data."""
+    monkeypatch.setenv("JAXSWIN_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="tile is 128x128 pixels; expected 64x64"):
+        open_dataset(None, "pbvs2026", 64).load()
+    images, masks = open_dataset(None, "pbvs2026", 64, resize=True).load()
+    assert images.shape[1:] == (64, 64, 7) and masks.shape[1:] == (64, 64)
+
+
 def test_default_dataset_is_cached_and_learnable_and_never_written_to(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXSWIN_CACHE", str(tmp_path / "cache"))
     dataset = open_dataset(None, "pbvs2026")

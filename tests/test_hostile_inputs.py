@@ -419,6 +419,9 @@ CASES = [
          train_args(), ("Image_0.tif", "20x20", "data.resize=true")),
     Case("mixed sizes in one folder", build_mixed_sizes, "train", train_args(),
          ("Image_2.tif", "48x48", "data.resize=true")),
+    Case("synthetic tiles (no --data) of another size than the model's", valid_dataset,
+         "train", lambda d, t: [*TRAIN_ARGS, "--workdir", str(t / "run")],
+         ("synthetic", "tile is 128x128", f"expected {SIZE}x{SIZE}", "data.resize=true")),
     Case("mask of another size than its image", with_array(
         "masks/Mask_1.tif", np.ones((1, 16, 16), np.uint8)), "train",
          train_args("--set", "data.resize=true"),

@@ -267,7 +267,8 @@ def open_dataset(
     `size` pixels square (`resize`: resized to it, else another size is an error).
 
     `root` None or "" is the embedded synthetic dataset, generated on first use under
-    $JAXSWIN_CACHE (default ~/.cache/jaxswin); its files are in pbvs2026 band order.
+    $JAXSWIN_CACHE (default ~/.cache/jaxswin); its files are in pbvs2026 band order, its tiles
+    synthetic.SIZE pixels square (`size` and `resize` apply to them as to any data).
     """
     channels = bands.resolve(channels_spec)
     if not root:
@@ -276,5 +277,5 @@ def open_dataset(
                 f"--bands {channels_spec}: the synthetic dataset (no --data given) is stored in "
                 "pbvs2026 band order; use --bands pbvs2026 or pass --data"
             )
-        return scan(synthetic.ensure(cache_dir()), channels, synthetic.SIZE)
+        root = synthetic.ensure(cache_dir())
     return scan(root, channels, size, resize)
