@@ -10,6 +10,7 @@ size is part of the recipe) or rounded up to it (evaluation and prediction, whic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
@@ -86,6 +87,21 @@ def local_share(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+def process_slot(count, index) -> tuple[int, int]:
+    """(process count, this process's id) as integers, the id in 0..count-1."""
+    try:
+        count, index = int(count), int(index)
+    except ValueError:
+        raise ConfigError(f"JAX_NUM_PROCESSES={count!r}, JAX_PROCESS_ID={index!r}: both must be "
+                          "whole numbers") from None
+    if count < 1:
+        raise ConfigError(f"--num-processes {count}: must be at least 1")
+    if not 0 <= index < count:
+        raise ConfigError(f"--process-id {index}: must be in 0..{count - 1} for --num-processes "
+                          f"{count}, each process with its own id")
+    return count, index
+
+
 def sync(name: str) -> None:
     """Every process waits here for the others (a no-op in a single-process run)."""
     if jax.process_count() > 1:
@@ -102,22 +118,37 @@ def init_distributed(
     """Joins a multi-host run when asked by arguments or the environment
     (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or with `detect` on SLURM /
     Open MPI / TPU pods, where JAX finds the cluster itself. A process that sends no heartbeat
-    for `heartbeat_timeout` seconds counts as dead (jaxswin.resilience.exit_if_peer_lost)."""
-    address = address or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    count = num_processes or os.environ.get("JAX_NUM_PROCESSES")
+    for `heartbeat_timeout` seconds counts as dead (jaxswin.resilience.exit_if_peer_lost).
+    Options that do not make a process layout, and a cluster JAX cannot join, are ConfigErrors."""
+    address = address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    count = num_processes if num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
     index = process_id if process_id is not None else os.environ.get("JAX_PROCESS_ID")
-    if not (detect or address or count):
+    given = [address, count, index]
+    if not detect and all(value is None for value in given):
         return
-    if (address or count or index is not None) and not (address and count and index is not None):
-        raise ConfigError(
-            "a multi-process run needs --coordinator-address, --num-processes and --process-id "
-            "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) together"
-        )
-    if address:
-        jax.distributed.initialize(address, int(count), int(index),
-                                   heartbeat_timeout_seconds=heartbeat_timeout)
+    if any(value is not None for value in given):
+        if any(value is None for value in given):
+            raise ConfigError(
+                "a multi-process run needs --coordinator-address, --num-processes and "
+                "--process-id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID) "
+                "together"
+            )
+        count, index = process_slot(count, index)
+        asked = f"--coordinator-address {address} --num-processes {count} --process-id {index}"
+        fix = ("check that every process is given the same address, reachable from all of them, "
+               "and its own --process-id")
+        join = functools.partial(jax.distributed.initialize, address, count, index)
     else:
-        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout)
+        asked = "--distributed"
+        fix = ("run it inside a SLURM or Open MPI job or on a TPU pod, or pass "
+               "--coordinator-address, --num-processes and --process-id")
+        join = jax.distributed.initialize
+    try:
+        join(heartbeat_timeout_seconds=heartbeat_timeout)
+    except (ValueError, RuntimeError) as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{asked}: cannot join a multi-process run (JAX: {cause}); "
+                          f"{fix}") from None
     # Meet once now, while every process is at the same point: CPU collectives (gloo) set up
     # their communicator at the first collective and give up if a process is 30 s late, which
     # a process still compiling its model on a busy host can be.

@@ -507,6 +507,13 @@ CASES = [
              "train.precision = 'fp8'", "auto, fp32, bf16, fp16"),
     Case("unknown band profile", valid_dataset, "train", train_args("--bands", "mmlsv3"),
          ("--bands mmlsv3", "pbvs2026")),
+    Case("--distributed outside a cluster", valid_dataset, "train", train_args("--distributed"),
+         ("--distributed", "cannot join", "--coordinator-address")),
+    Case("--process-id out of range", valid_dataset, "train", train_args(
+        "--coordinator-address", "localhost:1", "--num-processes", "2", "--process-id", "5"),
+         ("--process-id 5", "0..1")),
+    Case("--process-id alone", valid_dataset, "train", train_args("--process-id", "1"),
+         ("--coordinator-address", "--num-processes", "together")),
     Case("config file: unknown key", build_config_file(
         'base = "tiny"\n[train]\nepoch = 3\n'), "train", config_file_args,
          ("my run.toml", "unknown key 'epoch'", "did you mean 'epochs'")),
