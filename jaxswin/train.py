@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -252,28 +253,76 @@ def fold_dirname(fold) -> str:
     return "official" if fold == "official" else f"fold{fold}"
 
 
-def open_run(cfg: config_lib.Config, fold, workdir: Path) -> Path:
-    """The fold's run folder, refusing one that holds a run of another configuration. A folder
-    without any checkpoint holds nothing to resume (a start that failed before its first
-    checkpoint, such as on a bad option): it takes the new configuration."""
+RUN_FILE_FIX = "move it aside or choose another --workdir"  # for a run folder's damaged files
+
+
+def open_run(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None) -> Path:
+    """The fold's run folder, refusing one that holds a run of another configuration or started
+    from other weights (`pretrained`). A folder without any checkpoint holds nothing to resume
+    (a start that failed before its first checkpoint, such as on a bad option): it takes the new
+    configuration and weights."""
     fold_dir = workdir / fold_dirname(fold)
     resilience.check_writable(fold_dir)  # a read-only or full folder fails here, not at epoch 1
     config_text = config_lib.to_toml(cfg)
-    saved_config = fold_dir / "config.toml"
-    if saved_config.exists() and config_lib.read_text(
-            saved_config, "move it aside or choose another --workdir") != config_text:
-        if has_checkpoint(fold_dir / "checkpoints"):
+    saved_config, saved_start = fold_dir / "config.toml", fold_dir / "pretrained.json"
+    start = starting_weights(pretrained)
+    resumable = has_checkpoint(fold_dir / "checkpoints")
+    if saved_config.exists() and config_lib.read_text(saved_config, RUN_FILE_FIX) != config_text:
+        if resumable:
             raise ConfigError(
                 f"{fold_dir} holds a run with a different configuration ({saved_config}); "
                 "rerun with the same options to resume it, or choose another --workdir"
             )
         log.info("%s holds no checkpoint of its earlier configuration: it takes this one",
                  fold_dir)
+    if resumable and saved_start.exists():
+        earlier = read_starting_weights(saved_start)
+        if earlier["sha256"] != start["sha256"]:
+            raise ConfigError(
+                f"{fold_dir} holds a run that started from {describe_start(earlier)}, not from "
+                f"{describe_start(start)}; a resumed run continues from its checkpoint, so rerun "
+                f"with {start_option(earlier)} to resume it, or choose another --workdir"
+            )
     parallel.sync("jaxswin.train: run config checked")  # every process read it before 0 writes
     if parallel.is_main():
         saved_config.write_text(config_text)
+        saved_start.write_text(json.dumps(start, indent=2) + "\n")
         resilience.recover_dir(fold_dir / "best")
     return fold_dir
+
+
+def starting_weights(pretrained: str | None) -> dict:
+    """What a run starts from, recorded in its folder: the --pretrained file and its SHA-256
+    (which identifies it wherever it moves), both None for random weights."""
+    if not pretrained:
+        return {"pretrained": None, "sha256": None}
+    try:
+        with open(pretrained, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()  # about 1 s per GB
+    except OSError as err:
+        raise UserError(f"--pretrained {pretrained}: cannot be read ({err.strerror}); make it "
+                        "readable or pass another file") from None
+    return {"pretrained": str(Path(pretrained).resolve()), "sha256": digest}
+
+
+def read_starting_weights(path: Path) -> dict:
+    record = decode_record(config_lib.read_text(path, RUN_FILE_FIX))
+    if record is None or not {"pretrained", "sha256"} <= record.keys():
+        raise ConfigError(f"{path}: not a record of the run's starting weights; {RUN_FILE_FIX}")
+    return record
+
+
+def describe_start(start: dict) -> str:
+    if start["pretrained"] is None:
+        return "random weights (no --pretrained)"
+    return f"--pretrained {start['pretrained']} (sha256 {start['sha256'][:12]})"
+
+
+def start_option(start: dict) -> str:
+    """The --pretrained option a rerun needs to start as `start` did."""
+    if start["pretrained"] is None:
+        return "no --pretrained"
+    return f"--pretrained {start['pretrained']}"
 
 
 def has_checkpoint(directory: Path) -> bool:
@@ -750,7 +799,7 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     guard = resilience.NonfiniteGuard(tcfg.on_nonfinite, tcfg.max_nonfinite)
     # Before the run folder is written: a rerun with the profile it names must not be refused.
     data_lib.inspect.check_dataset(cfg.data.root or None, cfg.data.bands, cfg.data.band_check)
-    fold_dir = open_run(cfg, fold, workdir)
+    fold_dir = open_run(cfg, fold, workdir, pretrained)
     with resilience.StopSignals() as stop:
         precision = runtime.resolve_precision(tcfg.precision)
         placement = parallel.training_placement(tcfg.batch_size)

@@ -677,6 +677,25 @@ def test_start_that_failed_before_any_checkpoint_leaves_the_run_folder_open(tmp_
         train.open_run(dataclasses.replace(corrected, name="other"), 0, workdir)
 
 
+def test_resuming_with_other_pretrained_weights_is_refused_naming_both(tmp_path):
+    """A resumed run continues from its checkpoint: another --pretrained would be ignored."""
+    cfg, workdir = config_lib.load("tiny"), tmp_path / "run"
+    first = tmp_path / "swinv2.safetensors"
+    moved = tmp_path / "moved.safetensors"
+    other = tmp_path / "other.safetensors"
+    first.write_bytes(b"weights" * 100)
+    moved.write_bytes(first.read_bytes())
+    other.write_bytes(b"other weights")
+    train.open_run(cfg, 0, workdir, str(first))
+    (workdir / "fold0" / "checkpoints" / "3").mkdir(parents=True)
+    train.open_run(cfg, 0, workdir, str(moved))  # the same weights under another name
+    for pretrained, named in [(str(other), "other.safetensors"), (None, "no --pretrained")]:
+        with pytest.raises(ConfigError) as error:
+            train.open_run(cfg, 0, workdir, pretrained)
+        assert "moved.safetensors" in str(error.value) and named in str(error.value)
+        assert "--workdir" in str(error.value)
+
+
 # ----------------------------------------------------------------------------- real processes
 
 
