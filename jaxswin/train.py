@@ -258,7 +258,7 @@ RUN_FILE_FIX = "move it aside or choose another --workdir"  # for a run folder's
 
 def open_run(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None) -> Path:
     """The fold's run folder, refusing one that holds a run of another configuration or started
-    from other weights (`pretrained`). A folder without any checkpoint holds nothing to resume
+    from other weights than a given `pretrained` (resuming needs none). A folder without any checkpoint holds nothing to resume
     (a start that failed before its first checkpoint, such as on a bad option): it takes the new
     configuration and weights."""
     fold_dir = workdir / fold_dirname(fold)
@@ -277,7 +277,9 @@ def open_run(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None
                  fold_dir)
     if resumable and saved_start.exists():
         earlier = read_starting_weights(saved_start)
-        if earlier["sha256"] != start["sha256"]:
+        if pretrained is None:  # the checkpoint holds the weights; the record stays
+            start = earlier
+        elif earlier["sha256"] != start["sha256"]:
             raise ConfigError(
                 f"{fold_dir} holds a run that started from {describe_start(earlier)}, not from "
                 f"{describe_start(start)}; a resumed run continues from its checkpoint, so rerun "

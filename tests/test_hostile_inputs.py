@@ -689,11 +689,16 @@ def test_resuming_with_other_pretrained_weights_is_refused_naming_both(tmp_path)
     train.open_run(cfg, 0, workdir, str(first))
     (workdir / "fold0" / "checkpoints" / "3").mkdir(parents=True)
     train.open_run(cfg, 0, workdir, str(moved))  # the same weights under another name
-    for pretrained, named in [(str(other), "other.safetensors"), (None, "no --pretrained")]:
-        with pytest.raises(ConfigError) as error:
-            train.open_run(cfg, 0, workdir, pretrained)
-        assert "moved.safetensors" in str(error.value) and named in str(error.value)
-        assert "--workdir" in str(error.value)
+    train.open_run(cfg, 0, workdir, None)  # the checkpoint holds the weights: none needed
+    with pytest.raises(ConfigError) as error:
+        train.open_run(cfg, 0, workdir, str(other))
+    assert "moved.safetensors" in str(error.value) and "other.safetensors" in str(error.value)
+    assert "--workdir" in str(error.value)
+    # A run started from random weights does not take a file on resume either.
+    train.open_run(cfg, 1, workdir, None)
+    (workdir / "fold1" / "checkpoints" / "3").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="random weights"):
+        train.open_run(cfg, 1, workdir, str(first))
 
 
 # ----------------------------------------------------------------------------- real processes
