@@ -38,6 +38,16 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+def describe_misfit(problems: dict[str, list[str]], shown: int = 5) -> str:
+    """'2 unknown: a, b; 250 missing: c, d, e, f, g ...': the count of each kind of tensor that
+    does not fit and its first names (a wrong checkpoint misfits every one of hundreds)."""
+    return "; ".join(
+        f"{len(names)} {kind}: {', '.join(names[:shown])}{' ...' if len(names) > shown else ''}"
+        for kind, names in problems.items()
+        if names
+    )
+
+
 def save(path: str | Path, variables: dict, metadata: dict[str, str] | None = None) -> None:
     """Writes `variables` (any nest of dicts of arrays) to a .safetensors file, atomically."""
     path = Path(path)

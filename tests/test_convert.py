@@ -158,8 +158,8 @@ def test_cli_lists_every_problem(checkpoint, tmp_path, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith(f"error: {broken}")
-    assert "unknown tensors: layers.1.blocks.0.attn.gate.weight" in error
-    assert "missing tensors: params/layers_3/blocks_1/norm2/scale" in error
+    assert "1 unknown: layers.1.blocks.0.attn.gate.weight" in error
+    assert "1 missing: params/layers_3/blocks_1/norm2/scale" in error
     assert "layers.2.downsample.reduction.weight: (100, 384)" in error
     assert not (tmp_path / "out.safetensors").exists()
 

@@ -193,9 +193,25 @@ def test_timm_to_flax_lists_every_problem():
     with pytest.raises(swinv2.ConversionError) as err:
         swinv2.timm_to_flax(state, NANO, 3)
     message = str(err.value)
-    assert "unknown tensors: layers.0.blocks.0.attn.extra.weight" in message
-    assert "missing tensors: params/layers_1/downsample/norm/bias" in message
+    assert "1 unknown: layers.0.blocks.0.attn.extra.weight" in message
+    assert "1 missing: params/layers_1/downsample/norm/bias" in message
     assert "layers.2.blocks.1.mlp.fc1.weight: (128, 3)" in message
+
+
+def test_timm_to_flax_summarises_a_checkpoint_of_another_architecture():
+    """Weights of another model misfit by the hundred: counts and first names, not every name."""
+    pytest.importorskip("timm")
+    state = {k: v.numpy() for k, v in timm_nano(64).state_dict().items()}
+    with pytest.raises(swinv2.ConversionError) as err:
+        swinv2.timm_to_flax(state, swinv2.CONFIGS["swinv2_tiny_window8_256"], 3)
+    message = str(err.value)
+    expected = swinv2.variable_shapes(swinv2.CONFIGS["swinv2_tiny_window8_256"], 3)
+    missing = len(expected) - len(
+        {swinv2.flax_path(k, v.ndim) for k, v in state.items()} & expected.keys()
+    )
+    assert f"{missing} missing: " in message and "misshapen: " in message
+    assert message.count("params/") <= 10 and "--model" in message  # 5 names a kind
+    assert len(message) < 1500
 
 
 @pytest.mark.parametrize("in_chans", [1, 2, 3, 4, 7])
@@ -284,9 +300,16 @@ def test_load_rejects_foreign_files(tmp_path):
 
     path = tmp_path / "other.safetensors"
     weights.save(path, {"params": {"w": np.zeros(3, np.float32)}}, {"model": "resnet50"})
-    with pytest.raises(UserError, match="convert/timm_to_flax.py"):
+    with pytest.raises(UserError, match="jaxswin-convert timm"):
         swinv2.load(path)
+    # A trained model's file carries its whole config: the message names it, not its text.
+    config_text = "[model]\n" + "encoder = 'swinv2_small_window8_256'\n" * 50
+    weights.save(path, {"params": {"w": np.zeros(3, np.float32)}}, {"config": config_text})
+    with pytest.raises(UserError, match="for jaxswin.predict") as error:
+        swinv2.load(path)
+    assert "encoder =" not in str(error.value) and len(str(error.value)) < 400
     meta = {"model": "swinv2_nano", "in_chans": "3", "img_size": "64"}
     weights.save(path, {"params": {"w": np.zeros(3, np.float32)}}, meta)
-    with pytest.raises(swinv2.ConversionError, match="missing: .*patch_embed"):
+    expected = len(swinv2.variable_shapes(swinv2.CONFIGS["swinv2_nano"], 3))
+    with pytest.raises(swinv2.ConversionError, match=f"1 unexpected: params/w; {expected} missing"):
         swinv2.load(path)

@@ -84,12 +84,7 @@ def _check_fit(flat: dict, expected: dict, unknown: list[str]) -> None:
         ],
     }
     if any(problems.values()):
-        found = "; ".join(
-            f"{len(names)} {kind}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-            for kind, names in problems.items()
-            if names
-        )
-        raise UserError(f"twin weights do not fit the model ({found})")
+        raise UserError(f"twin weights do not fit the model ({weights.describe_misfit(problems)})")
 
 
 def twin_to_flax(state_dict: dict[str, np.ndarray], model_cfg: ModelConfig) -> dict:

@@ -523,15 +523,12 @@ def timm_to_flax(
             mismatched.append(f"{name}: {array.shape} for {'/'.join(path)} {expected[path]}")
         converted[path] = array
     missing = ["/".join(path) for path in expected if path not in converted]
-    problems = []
-    if unknown:
-        problems.append("unknown tensors: " + ", ".join(unknown))
-    if missing:
-        problems.append("missing tensors: " + ", ".join(missing))
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
-    if problems:
-        raise ConversionError("timm weights do not fit the Flax SwinV2; " + " | ".join(problems))
+    problems = {"unknown": unknown, "missing": missing, "misshapen": mismatched}
+    if any(problems.values()):
+        raise ConversionError(
+            f"timm weights do not fit the Flax SwinV2 ({weights.describe_misfit(problems)}); "
+            "convert them with the --model they were trained as"
+        )
     return weights.unflatten({"/".join(path): array for path, array in converted.items()})
 
 
@@ -542,10 +539,13 @@ def load(path: str | Path) -> tuple[SwinV2, dict]:
     try:
         name, in_chans, img_size = metadata["model"], metadata["in_chans"], metadata["img_size"]
         config, in_chans, img_size = CONFIGS[name], int(in_chans), int(img_size)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError):
+        # Its metadata's keys, not values: a trained model's carry its whole config.
+        trained = ("; a trained model (best/model.safetensors) is for jaxswin.predict"
+                   if "config" in metadata else "")
         raise UserError(
-            f"{path}: not a SwinV2 weights file of jaxswin-convert timm (convert/timm_to_flax.py; "
-            f"metadata {metadata}, problem: {err!r}); convert the timm weights with it"
+            f"{path}: not a SwinV2 encoder file of jaxswin-convert timm (metadata keys "
+            f"{sorted(metadata)}){trained}; convert the timm weights with jaxswin-convert timm"
         ) from None
     expected = variable_shapes(config, in_chans)
     found = {tuple(k.split("/")): v.shape for k, v in weights.flatten(variables).items()}
@@ -555,10 +555,12 @@ def load(path: str | Path) -> tuple[SwinV2, dict]:
             return sorted("/".join(p) for p in paths)
 
         misshapen = [p for p in found.keys() & expected.keys() if found[p] != expected[p]]
+        problems = {"unexpected": names(found.keys() - expected.keys()),
+                    "missing": names(expected.keys() - found.keys()),
+                    "misshapen": names(misshapen)}
         raise ConversionError(
-            f"{path}: variables do not match {name} with {in_chans} channels (unexpected: "
-            f"{names(found.keys() - expected.keys())}, missing: "
-            f"{names(expected.keys() - found.keys())}, misshapen: {names(misshapen)})"
+            f"{path}: variables do not match {name} with {in_chans} channels "
+            f"({weights.describe_misfit(problems)}); convert the timm weights again"
         )
     module = SwinV2(config, in_chans=in_chans, img_size=img_size)
     return module, jax.tree.map(jnp.asarray, variables)
