@@ -15,7 +15,8 @@ computes, and one batch stays in flight.
 How a scene becomes a map (:meth:`Ensemble.stream`):
 - It is read a strip of rows at a time: the rows of one row of windows (the models' tile size
   ``model.img_size``, overlapping by a quarter), so memory is bounded by a strip, never by the
-  scene. A pixel is nodata when any band is (the file's nodata value or mask, NaN, ±Inf).
+  scene. A pixel is nodata when any band is (the file's nodata value or mask, NaN, ±Inf, or
+  values at float32's extremes, jaxswin.data.io.at_extremes).
 - A window with no valid pixel is not computed. Every other window is percentile-scaled on its
   own valid pixels (as the training tiles were); its nodata pixels are then set to 0, the low
   end of each band's [P1, P99] range (windows straddling a collar see the collar as the
