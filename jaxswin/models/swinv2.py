@@ -219,7 +219,11 @@ class WindowAttention(nn.Module):
         v_bias = self.param("v_bias", nn.initializers.zeros, (self.dim,))
         qkv_bias = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias])
         qkv = dense(3 * self.dim, use_bias=False, name="qkv")(windows) + qkv_bias.astype(self.dtype)
-        q, k, v = jnp.moveaxis(qkv.reshape(b, num_windows, n, 3, heads, c // heads), 3, 0)
+        # Split, not unpacked from a stacked axis: the gradient of a split is one concatenate,
+        # of an unpacking three zero-padded full-size copies summed.
+        q, k, v = (
+            t.reshape(b, num_windows, n, heads, c // heads) for t in jnp.split(qkv, 3, axis=-1)
+        )
 
         logit_scale = self.param(
             "logit_scale", nn.initializers.constant(np.log(10.0)), (heads, 1, 1)
