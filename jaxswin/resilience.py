@@ -45,7 +45,8 @@ class Preempted(RunStopped):
 
 
 class StorageError(UserError):
-    """The run folder cannot hold the run: not writable, full, or a write failed."""
+    """A folder cannot hold what is written to it (a run, converted weights): not writable,
+    full, or a write failed."""
 
 
 # ----------------------------------------------------------------------------- stop requests
@@ -175,21 +176,23 @@ def exit_if_peer_lost(err: BaseException, heartbeat_timeout: int) -> None:
 # ----------------------------------------------------------------------------- storage
 
 
-def storage_error(what: str, path: Path, err: OSError) -> StorageError:
+def storage_error(what: str, path: Path, err: OSError, option: str = "--workdir") -> StorageError:
+    """The error for a failed write, its fix naming `option`, the one that chose `path`."""
     reason = os.strerror(err.errno) if err.errno else str(err)
     full = err.errno in (errno.ENOSPC, errno.EDQUOT)
     fix = "free some space" if full else "fix its permissions"
-    fix += " or choose another --workdir"
+    fix += f" or choose another {option}"
     return StorageError(f"{what} {path}: {reason}; {fix}")
 
 
 @contextlib.contextmanager
-def writing(what: str, path: Path):
-    """An OSError in the block (disk full, permissions) becomes a StorageError naming `path`."""
+def writing(what: str, path: Path, option: str = "--workdir"):
+    """An OSError in the block (disk full, permissions) becomes a StorageError naming `path`
+    and `option`."""
     try:
         yield
     except OSError as err:
-        raise storage_error(f"cannot write {what}", path, err) from None
+        raise storage_error(f"cannot write {what}", path, err, option) from None
 
 
 def check_writable(folder: Path) -> None:

@@ -250,6 +250,23 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_while_converting_is_named_with_the_fix(checkpoint, tmp_path, monkeypatch,
+                                                           capsys):
+    def fill_the_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(weights, "save_file", fill_the_disk)
+    out = tmp_path / "out" / "w.safetensors"
+    with pytest.raises(SystemExit) as exit_info:
+        convert(MODELS[0], checkpoint(MODELS[0]), out, 3, 128)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"cannot write the weights to {out}: No space left on device" in error
+    assert "free some space or choose another --out" in error
+    assert list(out.parent.iterdir()) == []
+
+
 def test_script_and_module_entry_points_without_network(tmp_path):
     """Both ways of running the CLI work; with no network, timm's pretrained weights cannot be
     fetched and the error says to pass --checkpoint."""

@@ -17,10 +17,9 @@ rule used for the patch embedding (see --in-chans).
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
-from jaxswin import weights
+from jaxswin import resilience, weights
 from jaxswin.errors import UserError
 from jaxswin.models import swinv2
 
@@ -120,16 +119,6 @@ def check_arguments(args: argparse.Namespace) -> swinv2.SwinV2Config:
     return config
 
 
-@contextlib.contextmanager
-def writing(out: Path):
-    """An OSError while writing (disk full, permissions) becomes a UserError naming --out."""
-    try:
-        yield
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot write it ({err.strerror or err}); free some "
-                        "space, fix its permissions or choose another --out") from None
-
-
 def run(args: argparse.Namespace) -> None:
     config = check_arguments(args)
     weights.check_target(args.out, "--out", args.overwrite)
@@ -146,6 +135,6 @@ def run(args: argparse.Namespace) -> None:
         "source": str(args.checkpoint) if args.checkpoint else "timm pretrained",
         "channel_rule": swinv2.channel_rule(args.in_chans),
     }
-    with writing(args.out):
+    with resilience.writing("the weights to", args.out, "--out"):
         weights.save(args.out, variables, metadata)
     print(f"wrote {args.out}: {args.model}, in_chans {args.in_chans}, img_size {args.img_size}")

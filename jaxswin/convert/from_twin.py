@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxswin import config, models, weights
+from jaxswin import config, models, resilience, weights
 from jaxswin.config import ModelConfig
 from jaxswin.convert import from_timm
 from jaxswin.errors import ConfigError, UserError
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
         weights.check_target(args.out / name, "--out", args.overwrite)
     state = from_timm.read_checkpoint(args.checkpoint)
     variables = twin_to_flax({k: v.float().numpy() for k, v in state.items()}, cfg.model)
-    with from_timm.writing(args.out):
+    with resilience.writing("the weights to", args.out, "--out"):
         args.out.mkdir(parents=True, exist_ok=True)
         weights.save(args.out / WEIGHTS, variables, {"source": str(args.checkpoint)})
         (args.out / CONFIG).write_text(config.to_toml(cfg))
