@@ -576,13 +576,21 @@ class FoldData:
     split: dict
 
 
-def load_fold_data(cfg: config_lib.Config, fold, fold_dir: Path) -> FoldData:
-    """Reads the dataset, splits off the fold and fits the statistics (data.stats: on its
-    training tiles, or on all labelled tiles)."""
+def open_training_data(cfg: config_lib.Config) -> data_lib.Dataset:
+    """The labelled dataset cfg.data names, its band order checked (data.band_check). Opened
+    once per command, so that its warnings are said once."""
     dataset = data_lib.open_dataset(cfg.data.root or None, cfg.data.bands, cfg.model.img_size,
                                     cfg.data.resize)
+    data_lib.inspect.check_dataset(dataset, cfg.data.band_check)
     if dataset.unlabelled:
         log.info(dataset.describe_unlabelled())
+    return dataset
+
+
+def load_fold_data(cfg: config_lib.Config, dataset: data_lib.Dataset, fold,
+                   fold_dir: Path) -> FoldData:
+    """Reads `dataset`, splits off the fold and fits the statistics (data.stats: on its
+    training tiles, or on all labelled tiles)."""
     # The split first: a fold the data cannot give stops before the images are read.
     train_idx, val_idx = data_lib.folds.split_for(dataset, fold, cfg.data)
     images, masks = dataset.load()
@@ -790,9 +798,10 @@ def end_epoch(run: FoldRun, state: TrainState, record: dict, candidates: dict[st
 
 
 def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | None = None,
-               tensorboard: bool = False) -> dict:
+               tensorboard: bool = False, dataset: data_lib.Dataset | None = None) -> dict:
     """Trains one fold (an index, or "official") into workdir/fold{K}/, resuming if it was
-    started; `tensorboard` adds event files of the epoch records under fold{K}/tensorboard/.
+    started; `tensorboard` adds event files of the epoch records under fold{K}/tensorboard/;
+    `dataset`: :func:`open_training_data`'s, else opened here.
 
     SIGTERM / SIGINT checkpoint the current step and raise resilience.Preempted; a non-finite
     step raises resilience.Diverged as train.on_nonfinite says; a run folder that cannot hold
@@ -800,12 +809,12 @@ def train_fold(cfg: config_lib.Config, fold, workdir: Path, pretrained: str | No
     tcfg = cfg.train
     guard = resilience.NonfiniteGuard(tcfg.on_nonfinite, tcfg.max_nonfinite)
     # Before the run folder is written: a rerun with the profile it names must not be refused.
-    data_lib.inspect.check_dataset(cfg.data.root or None, cfg.data.bands, cfg.data.band_check)
+    dataset = open_training_data(cfg) if dataset is None else dataset
     fold_dir = open_run(cfg, fold, workdir, pretrained)
     with resilience.StopSignals() as stop:
         precision = runtime.resolve_precision(tcfg.precision)
         placement = parallel.training_placement(tcfg.batch_size)
-        data = load_fold_data(cfg, fold, fold_dir)
+        data = load_fold_data(cfg, dataset, fold, fold_dir)
         init_key, dropout_key = jax.random.split(jax.random.key(tcfg.seed))
         state = initial_state(cfg, precision, data.steps_per_epoch, init_key, pretrained)
         # Placed first, so that a checkpoint is restored straight into this placement (several
@@ -961,7 +970,9 @@ def main(argv=None):
                         "never written to; choose a folder outside it")
     folds = list(range(cfg.data.num_folds)) if fold == "all" else [fold]
     try:
-        summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard) for f in folds]
+        dataset = open_training_data(cfg)
+        summaries = [train_fold(cfg, f, workdir, args.pretrained, args.tensorboard, dataset)
+                     for f in folds]
     except Exception as err:
         if jax.process_count() > 1:  # a lost process: say which and exit, never hang
             resilience.exit_if_peer_lost(err, args.heartbeat_timeout)

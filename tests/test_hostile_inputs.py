@@ -677,6 +677,19 @@ def test_start_that_failed_before_any_checkpoint_leaves_the_run_folder_open(tmp_
         train.open_run(dataclasses.replace(corrected, name="other"), 0, workdir)
 
 
+def test_training_says_each_data_warning_once(tmp_path, capsys):
+    """The dataset is opened once per command: the band check and the fold share it."""
+    data = valid_dataset(tmp_path / "data")
+    write_tile(data, 9, split="dev")
+    (data / "train" / "images" / "notes.txt").write_text("not a tile")
+    with pytest.raises(SystemExit) as exit_info:  # stops on the batch, after the data is read
+        train.main(train_args("--set", "train.batch_size=1000")(data, tmp_path))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "train.batch_size=1000" in err
+    assert err.count("split(s) dev (1 tiles) left unused") == 1, err
+    assert err.count("notes.txt") == 1, err
+
+
 def test_resuming_with_other_pretrained_weights_is_refused_naming_both(tmp_path):
     """A resumed run continues from its checkpoint: another --pretrained would be ignored."""
     cfg, workdir = config_lib.load("tiny"), tmp_path / "run"

@@ -46,7 +46,7 @@ from rasterio.windows import Window
 from scipy import stats as scipy_stats
 
 from jaxswin.data import bands, io
-from jaxswin.data.dataset import open_dataset
+from jaxswin.data.dataset import Dataset
 from jaxswin.errors import ConfigError, DataError
 
 log = logging.getLogger("jaxswin.data")
@@ -604,12 +604,10 @@ def check(files: Sequence[Path], channels: Sequence[str], mode: str = "error",
     return check_sample(read_sample(files, count), channels, mode, where, option)
 
 
-def check_dataset(root: str | None, channels_spec: str, mode: str = "error") -> Verdict | None:
-    """:func:`check` on the labelled dataset `root` (None: the synthetic one) with bands
-    `channels_spec`, as :func:`jaxswin.data.open_dataset` opens it."""
+def check_dataset(dataset: Dataset, mode: str = "error") -> Verdict | None:
+    """:func:`check` on the labelled tiles of `dataset` in its declared band order."""
     if _checked_mode(mode) == "off":
         return None
-    dataset = open_dataset(root, channels_spec)  # listing only: the tile size does not matter
     return check([sample.image for sample in dataset.samples], dataset.channels, mode,
                  f"the tiles under {dataset.root}")
 
