@@ -8,6 +8,7 @@ encoder; a converted timm checkpoint lands in both encoders (features compared w
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -539,3 +540,37 @@ def test_norms_use_two_pass_variance_like_torch():
     mean = x64.mean((0, 1, 2))
     want = (x64 - mean) / np.sqrt(x64.var((0, 1, 2)) + 1e-5)
     np.testing.assert_allclose(np.asarray(y), want, atol=2e-3)
+
+
+def conv_same_reference(x: np.ndarray, kernel: np.ndarray, dilation: int) -> np.ndarray:
+    """'Same' stride-1 convolution NHWC x HWIO by its definition, in float64."""
+    taps = kernel.shape[0]
+    pad = dilation * (taps - 1) // 2
+    padded = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    height, width = x.shape[1:3]
+    out = np.zeros((*x.shape[:3], kernel.shape[-1]))
+    for dy, dx in np.ndindex(taps, taps):
+        window = padded[:, dy * dilation : dy * dilation + height, dx * dilation : dx * dilation + width]
+        out += window @ kernel[dy, dx].astype(np.float64)
+    return out
+
+
+@pytest.mark.parametrize("taps, dilation", [(3, 1), (1, 1), (3, 2)])
+def test_parts_conv_is_the_conv_of_the_concatenation_with_nn_convs_kernel(taps, dilation):
+    """Decoders pass the parts of a concatenation; the conv must equal that of the whole, and its
+    kernel (name, shape, initial values) must be nn.Conv's, so that checkpoints and converted
+    weights fit."""
+    rng = np.random.default_rng()
+    widths = rng.integers(1, 24, size=rng.integers(2, 5))
+    parts = tuple(rng.normal(size=(2, 9, 7, w)).astype(np.float32) for w in widths)
+    whole = np.concatenate(parts, axis=-1)
+    conv = layers.PartsConv(16, taps, dilation, name="conv")
+    variables = conv.init(jax.random.key(0), parts)
+    flax_conv = nn.Conv(16, (taps, taps), kernel_dilation=dilation, use_bias=False, name="conv")
+    np.testing.assert_array_equal(variables["params"]["kernel"],
+                                  flax_conv.init(jax.random.key(0), whole)["params"]["kernel"])
+    kernel = np.asarray(variables["params"]["kernel"])
+    np.testing.assert_allclose(conv.apply(variables, parts),
+                               conv_same_reference(whole, kernel, dilation), atol=2e-5)
+    np.testing.assert_allclose(conv.apply(variables, (whole,)),
+                               conv_same_reference(whole, kernel, dilation), atol=2e-5)

@@ -21,7 +21,11 @@ BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, use_fast
 
 
 class ConvBNReLU(nn.Module):
-    """Conv (no bias: BN follows) -> BatchNorm -> ReLU, 'same' padding, stride 1."""
+    """Conv (no bias: BN follows) -> BatchNorm -> ReLU, 'same' padding, stride 1.
+
+    `x` is a map or a sequence of maps that the conv reads as their channel concatenation:
+    decoders pass the parts of a concatenation rather than the concatenation itself.
+    """
 
     features: int
     kernel_size: int = 1
@@ -30,16 +34,40 @@ class ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.Conv(
-            self.features,
-            (self.kernel_size, self.kernel_size),
-            kernel_dilation=self.dilation,
-            use_bias=False,
-            dtype=self.dtype,
-            name="conv",
-        )(x)
+        parts = tuple(x) if isinstance(x, (list, tuple)) else (x,)
+        x = PartsConv(self.features, self.kernel_size, self.dilation, self.dtype, name="conv")(parts)
         x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
+
+
+class PartsConv(nn.Module):
+    """nn.Conv without bias ('same' padding, stride 1; its kernel's name, shape and initialiser)
+    of the channel concatenation of `parts`, computed as the sum of each part's convolution with
+    its slice of the kernel. The concatenation is never written, and XLA's CPU convolutions run
+    faster on the narrower inputs: UNet++'s 1024-channel node conv at batch 8, 32x32, takes 95 ms
+    instead of 142 forward, and the paper model's train step ~2-3 % less (AMD EPYC Zen 5)."""
+
+    features: int
+    kernel_size: int = 1
+    dilation: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, parts: tuple[jax.Array, ...]) -> jax.Array:
+        widths = [part.shape[-1] for part in parts]
+        shape = (self.kernel_size, self.kernel_size, sum(widths), self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, jnp.float32)
+        kernel = kernel.astype(self.dtype)
+        starts = np.cumsum([0] + widths)
+        convolutions = (
+            jax.lax.conv_general_dilated(
+                part.astype(self.dtype), kernel[:, :, start : start + width], (1, 1), "SAME",
+                rhs_dilation=(self.dilation, self.dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            for part, start, width in zip(parts, starts, widths)
+        )
+        return functools.reduce(jnp.add, convolutions)
 
 
 RESIZE_SCOPE = "resize_bilinear"  # names the resizes' ops in profiles (experiments.op_profile)

@@ -49,6 +49,6 @@ class DeepLabV3Plus(nn.Module):
         low = ConvBNReLU(self.low_level_channels, 1, dtype=dtype, name="low_level")(
             pyramid[0], train
         )
-        x = jnp.concatenate([resize_bilinear(context, low.shape[1:3]), low], axis=-1)
+        x = [resize_bilinear(context, low.shape[1:3]), low]  # the concatenation's parts
         x = ConvBNReLU(c, 3, dtype=dtype, name="conv1")(x, train)
         return (ConvBNReLU(c, 3, dtype=dtype, name="conv2")(x, train),)

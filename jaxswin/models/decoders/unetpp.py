@@ -1,7 +1,8 @@
 """UNet++ decoder (Zhou et al. 2018) as configured in the paper (§3.4).
 
 x^{i,0} = Proj_i(F^{i+1}) (1x1 Conv-BN-ReLU to C), and for j >= 1
-x^{i,j} = H_{i,j}(Cat(x^{i,0}, ..., x^{i,j-1}, Up(x^{i+1,j-1}))), H = two 3x3 Conv-BN-ReLU,
+x^{i,j} = H_{i,j}(Cat(x^{i,0}, ..., x^{i,j-1}, Up(x^{i+1,j-1}))), H = two 3x3 Conv-BN-ReLU (the first
+reads the concatenation from its parts: layers.PartsConv),
 Up = bilinear. The output node x^{0,3} is refined by a 3x3 Conv-BN-ReLU.
 """
 
@@ -44,7 +45,7 @@ class UNetPlusPlus(nn.Module):
         for j in range(1, depth):
             for i in range(depth - j):
                 up = resize_bilinear(nodes[i + 1, j - 1], nodes[i, 0].shape[1:3])
-                x = jnp.concatenate([nodes[i, k] for k in range(j)] + [up], axis=-1)
+                x = [nodes[i, k] for k in range(j)] + [up]  # the concatenation's parts
                 nodes[i, j] = NestedNode(self.channels, self.dtype, name=f"node_{i}_{j}")(x, train)
         refined = ConvBNReLU(self.channels, 3, dtype=self.dtype, name="refine")(
             nodes[0, depth - 1], train

@@ -25,8 +25,8 @@ class PyramidPooling(nn.Module):
             y = adaptive_avg_pool(x, scale)
             y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name=f"pool_{scale}")(y, train)
             branches.append(resize_bilinear(y, size))
-        x = jnp.concatenate(branches, axis=-1)
-        return ConvBNReLU(self.channels, 3, dtype=self.dtype, name="bottleneck")(x, train)
+        # The concatenation of the branches, passed as its parts.
+        return ConvBNReLU(self.channels, 3, dtype=self.dtype, name="bottleneck")(branches, train)
 
 
 class UPerNet(nn.Module):
@@ -52,5 +52,5 @@ class UPerNet(nn.Module):
         ]
         outputs.append(laterals[-1])
         size = outputs[0].shape[1:3]
-        x = jnp.concatenate([resize_bilinear(o, size) for o in outputs], axis=-1)
+        x = [resize_bilinear(o, size) for o in outputs]  # the concatenation's parts
         return (ConvBNReLU(c, 3, dtype=dtype, name="fpn_bottleneck")(x, train),)
