@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_folds(text: str, num_folds: int) -> list:
     from jaxswin.train import parse_fold
 
-    folds = [parse_fold(part.strip(), num_folds) for part in text.split(",") if part.strip()]
+    try:
+        folds = [parse_fold(part.strip(), num_folds) for part in text.split(",") if part.strip()]
+    except ConfigError:
+        folds = []
     if not folds or "all" in folds:
         raise ConfigError(f"--folds {text}: list folds 0..{num_folds - 1} (e.g. 0,1,2,3,4) "
                           "or 'official'")
@@ -95,7 +98,7 @@ def row_config(table: tables.Table, row: tables.Row, override: dict,
                args: argparse.Namespace) -> config_lib.Config:
     cfg = config_lib.load(table.config_name(row))
     cfg = config_lib.merge(cfg, override, f"--preset-override {args.preset_override}")
-    return config_lib.apply_overrides(cfg, config_lib.option_overrides(args))
+    return config_lib.validate(config_lib.apply_overrides(cfg, config_lib.option_overrides(args)))
 
 
 def pretrained_by_encoder(paths: list[str]) -> dict[str, str]:

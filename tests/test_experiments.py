@@ -170,6 +170,20 @@ def test_unknown_table_and_row_are_user_errors(capsys):
         tables.get(6).row("l13")
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--set", "train.epochs=0"], "train.epochs = 0 is out of range: allowed [1, inf)"),
+    (["--set", "train.loss=nope"], "train.loss = 'nope' is not one of"),
+    (["--folds", "7"], "--folds 7: list folds 0..4"),
+    (["--folds", "0,x"], "--folds 0,x: list folds 0..4"),
+])
+def test_bad_settings_stop_before_any_training(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--table", "6", "--workdir", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained
+
+
 def test_override_preset_keeps_each_rows_variant():
     args = run.build_parser().parse_args(["--table", "8", "--preset-override", "tiny"])
     override = run.own_keys("tiny")
