@@ -128,7 +128,11 @@ def is_finished(fold_dir: Path, cfg: config_lib.Config) -> bool:
 def fold_scores(fold_dir: Path) -> dict:
     """The best epoch's scores on the held-out fold, as train.py recorded them (and a late
     fusion's blend weight sigma(alpha), read from its weights)."""
-    best = json.loads((fold_dir / "best" / "metrics.json").read_text())
+    path = fold_dir / "best" / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{fold_dir}: a finished run without best/metrics.json; move the folder "
+                        "aside to train this fold again")
+    best = json.loads(path.read_text())
     scores = {**{k: best[k] for k in metrics.KEYS}, "epoch": best["epoch"]}
     blend_logit = weights.tensor(fold_dir / "best" / "model.safetensors", BLEND_LOGIT)
     if blend_logit is not None:

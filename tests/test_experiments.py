@@ -184,6 +184,11 @@ def test_bad_settings_stop_before_any_training(argv, says, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing trained
 
 
+def test_a_finished_fold_without_best_weights_is_named(tmp_path):
+    with pytest.raises(UserError, match=f"{tmp_path}: a finished run without best/metrics.json"):
+        run.fold_scores(tmp_path)
+
+
 def test_override_preset_keeps_each_rows_variant():
     args = run.build_parser().parse_args(["--table", "8", "--preset-override", "tiny"])
     override = run.own_keys("tiny")
