@@ -457,11 +457,13 @@ def plan(args) -> list[str]:
 
 
 def run_worker(job: str, argv: list[str], xla_flags: str | None = None) -> dict:
-    """Runs one configuration in a fresh process (under XLA_FLAGS=`xla_flags` if given); its
-    result, or the error it ended with."""
+    """Runs one configuration in a fresh process (under XLA_FLAGS=`xla_flags` alone if given,
+    else with the CPU's flags, runtime.use_cpu_flags); its result, or the error it ended with."""
     framework, mode = job.split(":")
     print(f"-- {framework} {mode} {xla_flags or ''}...", file=sys.stderr, flush=True)
-    env = dict(os.environ) if xla_flags is None else {**os.environ, "XLA_FLAGS": xla_flags}
+    # A trial runs under exactly `xla_flags` ("": XLA's defaults), without the CPU's own flags.
+    env = dict(os.environ) if xla_flags is None else {**os.environ, "XLA_FLAGS": xla_flags,
+                                                      "JAXSWIN_XLA_DEFAULTS": "1"}
     proc = subprocess.run([sys.executable, "-m", "experiments.bench", *argv, "--worker", job],
                           capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -612,6 +614,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.worker:
         framework, mode = args.worker.split(":")
+        if framework == "jax":
+            from jaxswin import runtime
+
+            runtime.use_cpu_flags()  # the CPU's flags, as jaxswin.train and .predict set them
         result = bench_jax(args, mode) if framework == "jax" else bench_torch(args, mode)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0

@@ -168,7 +168,9 @@ def main(argv=None):
 
 
 def map_inputs(args) -> None:
+    cpu_flags = runtime.use_cpu_flags()  # before anything starts JAX's backends
     console.setup()
+    runtime.report_cpu_flags(cpu_flags)
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

@@ -957,9 +957,11 @@ def load_config(args) -> config_lib.Config:
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cpu_flags = runtime.use_cpu_flags()  # before anything starts JAX's backends
     parallel.init_distributed(args.coordinator_address, args.num_processes, args.process_id,
                               detect=args.distributed, heartbeat_timeout=args.heartbeat_timeout)
     console.setup()
+    runtime.report_cpu_flags(cpu_flags)
     runtime.enable_compilation_cache()
     cfg = load_config(args)
     fold = parse_fold(args.fold, cfg.data.num_folds)

@@ -6,6 +6,12 @@ import struct
 import numpy as np
 import pytest
 
+from jaxswin import runtime
+
+# The suite runs under the XLA flags the command-line tools set on this CPU (none on AMD): what
+# users run is what the parity tests check. Before any test starts JAX's backends.
+runtime.use_cpu_flags()
+
 
 @pytest.fixture(autouse=True)
 def jaxswin_logger_as_new():

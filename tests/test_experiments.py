@@ -373,6 +373,7 @@ def test_bench_flag_trials_alternate_and_judge_against_the_spread(tmp_path, monk
 
     def fake_run(command, env, **kwargs):
         flags = env.get("XLA_FLAGS", "")
+        assert env["JAXSWIN_XLA_DEFAULTS"] == "1"  # exactly the trial's flags, no CPU flags
         launched.append((command[-1], flags))
         train = rate[flags][sum(f == flags for _, f in launched) - 1]
         result = {"framework": "jax", "mode": "fp32", "train_tiles_s": train,
