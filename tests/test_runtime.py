@@ -12,15 +12,17 @@ from jaxswin import runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEL = runtime.CPU_XLA_FLAGS["intel"]
-MEASURED = jaxlib.__version__.startswith(runtime.CPU_FLAGS_JAXLIB)
+measured_jaxlib_only = pytest.mark.skipif(
+    not jaxlib.__version__.startswith(runtime.CPU_FLAGS_JAXLIB),
+    reason=f"jaxlib {jaxlib.__version__}: the CPU flags apply to jaxlib {runtime.CPU_FLAGS_JAXLIB}x "
+           "only, the release they were measured with")
 
 
 def name(flag: str) -> str:
     return flag.split("=")[0]
 
 
-@pytest.mark.skipif(not MEASURED, reason=f"jaxlib {jaxlib.__version__}: the CPU flags apply to "
-                    f"jaxlib {runtime.CPU_FLAGS_JAXLIB}x only")
+@measured_jaxlib_only
 def test_intel_gets_its_flags_amd_and_others_xlas_defaults():
     environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     assert runtime.use_cpu_flags(environ, "intel") == list(INTEL)
@@ -31,7 +33,7 @@ def test_intel_gets_its_flags_amd_and_others_xlas_defaults():
         assert runtime.use_cpu_flags(environ, family) == [] and "XLA_FLAGS" not in environ
 
 
-@pytest.mark.skipif(not MEASURED, reason="the CPU flags apply to the jaxlib they were measured with")
+@measured_jaxlib_only
 def test_a_flag_the_user_set_is_theirs_and_the_opt_out_keeps_xlas_defaults():
     users = f"{name(INTEL[0])}="  # the user's own value (here: no fusion) wins
     environ = {"XLA_FLAGS": users}
@@ -48,7 +50,7 @@ def test_another_jaxlib_gets_xlas_defaults(monkeypatch):
     assert runtime.use_cpu_flags(environ, "intel") == [] and environ == {}
 
 
-@pytest.mark.skipif(not MEASURED, reason="the CPU flags apply to the jaxlib they were measured with")
+@measured_jaxlib_only
 def test_the_installed_xla_knows_the_flags_and_compiles_under_them():
     """XLA aborts the process on a flag name it does not know: each set of flags must start a
     backend and run a jitted matmul and convolution."""
@@ -67,7 +69,7 @@ def test_the_installed_xla_knows_the_flags_and_compiles_under_them():
         assert float(result.stdout) == 16 * 16 * 32 + 2 * 4 * 4 * 22 * 22
 
 
-@pytest.mark.skipif(not MEASURED, reason="the CPU flags apply to the jaxlib they were measured with")
+@measured_jaxlib_only
 @pytest.mark.parametrize("module", ["jaxswin.train", "jaxswin.predict"])
 def test_the_commands_set_the_flags_of_an_intel_cpu_and_say_so(module, tmp_path):
     program = (
